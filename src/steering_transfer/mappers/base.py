@@ -1,0 +1,229 @@
+"""Mapper base class, config dataclass and the architecture registry.
+
+A mapper learns ``f: R^{d_source} -> R^{d_target}`` from paired residual-stream activations.
+A new architecture is one file: subclass :class:`Mapper` (and :class:`MapperConfig` if it has
+hyperparameters) and decorate it with ``@register_mapper("name")``.
+Artifacts are ``mapper.safetensors`` (weights) + ``config.json`` (architecture and config).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
+
+import torch
+from torch import nn
+
+from ..errors import SteeringTransferError, check_finite, check_matrix
+from ..io import read_json, read_tensors, write_json, write_tensors
+
+WEIGHTS_FILE = "mapper.safetensors"
+CONFIG_FILE = "config.json"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class MapperConfig:
+    """Hyperparameters shared by all mappers; subclasses add their own fields."""
+
+    source_dim: int
+    target_dim: int
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("source_dim", "target_dim"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value <= 0:
+                raise SteeringTransferError(f"{name} must be a positive int, got {value!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> MapperConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise SteeringTransferError(
+                f"unknown {cls.__name__} fields {unknown}; known fields: {sorted(known)}"
+            )
+        return cls(**data)
+
+
+@dataclass
+class FitReport:
+    """What a fit did: sizes, time, and (for iterative fits) the loss curves."""
+
+    n_train: int
+    n_val: int
+    seconds: float
+    train_loss: list[float] = field(default_factory=list)
+    val_loss: list[float] = field(default_factory=list)
+    epochs: int = 0
+    stopped_early: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+M = TypeVar("M", bound="Mapper")
+
+
+class Mapper(nn.Module, ABC):
+    """Maps source-model activations ``(..., d_source)`` to target-model activations."""
+
+    name: ClassVar[str] = ""
+    config_cls: ClassVar[type[MapperConfig]] = MapperConfig
+
+    def __init__(self, config: MapperConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.fit_report: FitReport | None = None
+
+    @property
+    def source_dim(self) -> int:
+        return self.config.source_dim
+
+    @property
+    def target_dim(self) -> int:
+        return self.config.target_dim
+
+    @abstractmethod
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Map ``(..., d_source)`` to ``(..., d_target)``."""
+
+    @abstractmethod
+    def _fit(self, source: torch.Tensor, target: torch.Tensor, show_progress: bool) -> FitReport:
+        """Fit on validated float tensors ``(n, d_source)`` and ``(n, d_target)``."""
+
+    def fit(
+        self, source: torch.Tensor, target: torch.Tensor, *, show_progress: bool = True
+    ) -> FitReport:
+        """Fit on paired token activations (rows of ``source`` and ``target`` correspond)."""
+        check_matrix(source, param="source", dim=self.source_dim)
+        check_matrix(target, param="target", dim=self.target_dim)
+        if source.shape[0] != target.shape[0]:
+            raise SteeringTransferError(
+                f"source has {source.shape[0]} rows but target has {target.shape[0]}; "
+                "pass paired activations (one row per aligned token)"
+            )
+        check_finite(source, param="source")
+        check_finite(target, param="target")
+        report = self._fit(source.float(), target.float(), show_progress)
+        self.fit_report = report
+        return report
+
+    def map(self, x: torch.Tensor) -> torch.Tensor:
+        """Map activations with input validation and no autograd."""
+        if not isinstance(x, torch.Tensor) or x.shape[-1] != self.source_dim:
+            shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise SteeringTransferError(
+                f"input has shape {shape} but this {self.name} mapper expects last dimension "
+                f"{self.source_dim} (source hidden size)"
+            )
+        param = next(self.parameters(), None)
+        with torch.no_grad():
+            if param is not None:
+                out = self(x.to(param.device, param.dtype))
+            else:
+                out = self(x)
+        return out.to(x.dtype)
+
+    # ------------------------------------------------------------------------------ persistence
+
+    def save(self, directory: str | Path) -> Path:
+        """Write ``mapper.safetensors`` and ``config.json`` (each atomically)."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        write_tensors(directory / WEIGHTS_FILE, self.state_dict(),
+                      metadata={"architecture": self.name, "format_version": str(FORMAT_VERSION)})
+        meta: dict[str, Any] = {
+            "architecture": self.name,
+            "format_version": FORMAT_VERSION,
+            "config": self.config.to_dict(),
+        }
+        if self.fit_report is not None:
+            meta["fit_report"] = self.fit_report.to_dict()
+        write_json(directory / CONFIG_FILE, meta)
+        return directory
+
+    @classmethod
+    def from_config(cls: type[M], config: MapperConfig) -> M:
+        return cls(config)
+
+
+_REGISTRY: dict[str, type[Mapper]] = {}
+
+
+def register_mapper(name: str) -> Any:
+    """Class decorator adding a mapper architecture to the registry under ``name``."""
+
+    def decorator(cls: type[Mapper]) -> type[Mapper]:
+        if name in _REGISTRY and _REGISTRY[name] is not cls:
+            raise SteeringTransferError(f"a mapper named {name!r} is already registered")
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return decorator
+
+
+def available_mappers() -> list[str]:
+    """Names of all registered architectures."""
+    return sorted(_REGISTRY)
+
+
+def get_mapper_class(name: str) -> type[Mapper]:
+    if name not in _REGISTRY:
+        raise SteeringTransferError(
+            f"unknown mapper {name!r}; known mappers: {', '.join(available_mappers())}"
+        )
+    return _REGISTRY[name]
+
+
+def create_mapper(name: str, source_dim: int, target_dim: int, **hyperparameters: Any) -> Mapper:
+    """Instantiate a registered mapper for the given widths."""
+    cls = get_mapper_class(name)
+    config = cls.config_cls.from_dict(
+        {"source_dim": source_dim, "target_dim": target_dim, **hyperparameters}
+    )
+    return cls.from_config(config)
+
+
+def load_mapper(
+    directory: str | Path,
+    *,
+    source_dim: int | None = None,
+    target_dim: int | None = None,
+) -> Mapper:
+    """Load a mapper saved with :meth:`Mapper.save`; optionally check the expected widths."""
+    directory = Path(directory)
+    meta = read_json(directory / CONFIG_FILE)
+    if meta.get("format_version") != FORMAT_VERSION or "architecture" not in meta:
+        raise SteeringTransferError(
+            f"{directory / CONFIG_FILE} is not a steering-transfer mapper config "
+            f"(format_version {FORMAT_VERSION} expected)"
+        )
+    cls = get_mapper_class(str(meta["architecture"]))
+    config = cls.config_cls.from_dict(dict(meta["config"]))
+    for name, expected in (("source_dim", source_dim), ("target_dim", target_dim)):
+        if expected is not None and getattr(config, name) != expected:
+            raise SteeringTransferError(
+                f"mapper in {directory} has {name}={getattr(config, name)} but {expected} was "
+                "expected; it was trained for a different model or layer pair"
+            )
+    mapper = cls.from_config(config)
+    state = read_tensors(directory / WEIGHTS_FILE)
+    try:
+        mapper.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise SteeringTransferError(
+            f"weights in {directory / WEIGHTS_FILE} do not match the config ({exc})"
+        ) from exc
+    if "fit_report" in meta:
+        mapper.fit_report = FitReport(**meta["fit_report"])
+    mapper.eval()
+    return mapper
