@@ -83,19 +83,22 @@ class Captured:
     """Block outputs recorded during a ``capture`` block: ``layer -> [tensor per forward]``."""
 
     layers: list[int]
+    n_layers: int
     records: dict[int, list[torch.Tensor]] = field(default_factory=dict)
+
+    def _key(self, layer: int) -> int:
+        key = layer % self.n_layers if -self.n_layers <= layer < 0 else layer
+        if key not in self.records:
+            raise KeyError(f"layer {layer} was not captured (or no forward ran); captured: {self.layers}")
+        return key
 
     def __getitem__(self, layer: int) -> torch.Tensor:
         """The most recent output of ``layer``, shape ``(batch, seq, hidden)``."""
-        if layer not in self.records:
-            matches = [k for k in self.records if k == layer or k - len(self.layers) == layer]
-            if not matches:
-                raise KeyError(f"layer {layer} was not captured; captured: {self.layers}")
-            layer = matches[0]
-        return self.records[layer][-1]
+        return self.records[self._key(layer)][-1]
 
     def all(self, layer: int) -> list[torch.Tensor]:
-        return list(self.records.get(layer, []))
+        """Outputs of ``layer`` from every forward pass inside the block, in order."""
+        return list(self.records[self._key(layer)])
 
 
 def _capture_hook(store: Captured, layer: int, stop: bool) -> HookFn:
@@ -118,7 +121,7 @@ def capture(
     at that forward call and execution continues after the ``with`` statement.
     """
     resolved = _resolve_layers(handle, layers)
-    store = Captured(layers=resolved)
+    store = Captured(layers=resolved, n_layers=handle.n_layers)
     deepest = max(resolved)
     regs = [(handle.block(layer), _capture_hook(store, layer, stop_forward and layer == deepest))
             for layer in resolved]

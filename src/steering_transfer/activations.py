@@ -1,0 +1,247 @@
+"""Extracting residual-stream activations, per model and paired across two models.
+
+Activations are flattened to non-pad tokens and streamed to safetensors shards in a cache keyed
+by (model fingerprint, layer, hash of texts, max length); shards are written atomically and a
+manifest (with each shard's token count) is written last, so a killed run never looks complete.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from . import hooks
+from .alignment import Alignment, align_by_index, align_by_offsets
+from .errors import SteeringTransferError, check_finite, check_texts
+from .io import cache_root, read_json, read_tensors, stable_hash, write_json, write_tensors
+from .models import ModelHandle
+
+MANIFEST = "manifest.json"
+
+
+@dataclass
+class TokenActivations:
+    """One model's block-``layer`` outputs for a list of texts, one row per non-pad token."""
+
+    acts: torch.Tensor  # (n_tokens, hidden)
+    text_index: torch.Tensor  # (n_tokens,) which text the row belongs to
+    token_index: torch.Tensor  # (n_tokens,) position within that text's tokens
+    offsets: torch.Tensor  # (n_tokens, 2) character span of the token (0, 0 for specials)
+    model_id: str
+    layer: int
+
+    @property
+    def n_texts(self) -> int:
+        return int(self.text_index.max()) + 1 if self.text_index.numel() else 0
+
+    def rows_of(self, text: int) -> torch.Tensor:
+        """Row indices of one text, in token order."""
+        return torch.nonzero(self.text_index == text, as_tuple=True)[0]
+
+
+def _encode_with_offsets(
+    handle: ModelHandle, texts: list[str], max_length: int | None
+) -> dict[str, torch.Tensor]:
+    tok = handle.tokenizer
+    if not getattr(tok, "is_fast", False):
+        raise SteeringTransferError(
+            f"the tokenizer of {handle.model_id} is not a fast tokenizer; character offsets "
+            "need one (load it with use_fast=True)"
+        )
+    old_side = tok.padding_side
+    tok.padding_side = "right"
+    try:
+        enc = tok(
+            texts, return_tensors="pt", padding=True, truncation=max_length is not None,
+            max_length=max_length, return_offsets_mapping=True,
+        )
+    finally:
+        tok.padding_side = old_side
+    return dict(enc)
+
+
+def _forward_layer(handle: ModelHandle, enc: dict[str, torch.Tensor], layer: int) -> torch.Tensor:
+    """Output of block ``layer`` with early exit (later blocks and the LM head never run)."""
+    inputs = {k: enc[k].to(handle.device) for k in ("input_ids", "attention_mask")}
+    with torch.no_grad(), hooks.capture(handle, [layer], stop_forward=True) as cap:
+        handle.model(**inputs, use_cache=False)
+    return cap[layer]
+
+
+def _cache_dir(handle: ModelHandle, layer: int, texts: list[str], max_length: int | None) -> Path:
+    key = stable_hash({"texts": texts})
+    name = f"{handle.fingerprint}-L{layer}-{key}-max{max_length}"
+    return cache_root() / "activations" / name
+
+
+def _load_cached(directory: Path, handle: ModelHandle, layer: int) -> TokenActivations | None:
+    manifest_path = directory / MANIFEST
+    if not manifest_path.is_file():
+        return None
+    manifest = read_json(manifest_path)
+    parts: dict[str, list[torch.Tensor]] = {}
+    for shard in manifest.get("shards", []):
+        path = directory / shard["file"]
+        tensors = read_tensors(path)
+        if set(tensors) != {"acts", "text_index", "token_index", "offsets"} or (
+            tensors["acts"].shape[0] != shard["n_tokens"]
+        ):
+            raise SteeringTransferError(
+                f"cache shard {path} does not match its manifest; delete {directory} "
+                "(or pass refresh=True) to rebuild it"
+            )
+        for key, value in tensors.items():
+            parts.setdefault(key, []).append(value)
+    if not parts:
+        return None
+    return TokenActivations(
+        acts=torch.cat(parts["acts"]), text_index=torch.cat(parts["text_index"]),
+        token_index=torch.cat(parts["token_index"]), offsets=torch.cat(parts["offsets"]),
+        model_id=handle.model_id, layer=layer,
+    )
+
+
+def extract_activations(
+    handle: ModelHandle,
+    texts: Sequence[str],
+    layer: int,
+    *,
+    batch_size: int = 8,
+    max_length: int | None = 512,
+    cache: bool = True,
+    refresh: bool = False,
+    show_progress: bool = True,
+) -> TokenActivations:
+    """Block-``layer`` outputs for every non-pad token of every text (float32, on CPU)."""
+    texts = check_texts(texts)
+    resolved = handle.layer(layer)
+    if batch_size < 1:
+        raise SteeringTransferError(f"batch_size must be >= 1, got {batch_size}")
+    directory = _cache_dir(handle, resolved, texts, max_length) if cache else None
+    if directory is not None and not refresh:
+        cached = _load_cached(directory, handle, resolved)
+        if cached is not None:
+            return cached
+    shards: list[dict[str, object]] = []
+    parts: dict[str, list[torch.Tensor]] = {k: [] for k in ("acts", "text_index", "token_index", "offsets")}
+    starts = range(0, len(texts), batch_size)
+    desc = f"extract {handle.model_id} L{resolved}"
+    for shard_no, start in enumerate(tqdm(starts, desc=desc, disable=not show_progress, unit="batch")):
+        enc = _encode_with_offsets(handle, texts[start : start + batch_size], max_length)
+        hidden = _forward_layer(handle, enc, resolved).to("cpu", torch.float32)
+        mask = enc["attention_mask"].bool()
+        rows, cols = torch.nonzero(mask, as_tuple=True)
+        shard = {
+            "acts": hidden[rows, cols],
+            "text_index": rows + start,
+            "token_index": cols,
+            "offsets": enc["offset_mapping"][rows, cols].long(),
+        }
+        check_finite(shard["acts"], param=f"activations of {handle.model_id} at layer {resolved}")
+        for key, value in shard.items():
+            parts[key].append(value)
+        if directory is not None:
+            name = f"shard_{shard_no:05d}.safetensors"
+            write_tensors(directory / name, shard)
+            shards.append({"file": name, "n_tokens": int(rows.numel())})
+    if directory is not None:
+        write_json(directory / MANIFEST, {
+            "model_id": handle.model_id, "fingerprint": handle.fingerprint, "layer": resolved,
+            "n_texts": len(texts), "max_length": max_length, "shards": shards,
+        })
+    return TokenActivations(
+        acts=torch.cat(parts["acts"]), text_index=torch.cat(parts["text_index"]),
+        token_index=torch.cat(parts["token_index"]), offsets=torch.cat(parts["offsets"]),
+        model_id=handle.model_id, layer=resolved,
+    )
+
+
+@dataclass
+class PairedActivations:
+    """Aligned rows of source and target activations (row i of each describe the same token)."""
+
+    source: torch.Tensor  # (n, d_source)
+    target: torch.Tensor  # (n, d_target)
+    text_index: torch.Tensor  # (n,)
+    source_token_index: torch.Tensor
+    target_token_index: torch.Tensor
+    alignment: str
+
+    def __len__(self) -> int:
+        return int(self.source.shape[0])
+
+    def select_texts(self, texts: torch.Tensor | Sequence[int]) -> PairedActivations:
+        """Rows belonging to the given text indices (for text-level train/val splits)."""
+        keep = torch.isin(self.text_index, torch.as_tensor(list(texts), dtype=torch.long))
+        return PairedActivations(
+            self.source[keep], self.target[keep], self.text_index[keep],
+            self.source_token_index[keep], self.target_token_index[keep], self.alignment,
+        )
+
+
+def shares_tokenizer(a: ModelHandle, b: ModelHandle) -> bool:
+    """Same vocabulary (hence same segmentation) on both sides."""
+    return a.tokenizer.get_vocab() == b.tokenizer.get_vocab()
+
+
+def pair_activations(
+    source: TokenActivations, target: TokenActivations, *, alignment: Alignment, same_tokenizer: bool
+) -> PairedActivations:
+    """Align two models' token activations text by text."""
+    if alignment == "auto":
+        alignment = "index" if same_tokenizer else "offsets"
+    if alignment not in ("index", "offsets"):
+        raise SteeringTransferError(f"alignment={alignment!r}; use 'auto', 'index' or 'offsets'")
+    if source.n_texts != target.n_texts:
+        raise SteeringTransferError(
+            f"source covers {source.n_texts} texts but target covers {target.n_texts}; "
+            "extract both from the same text list"
+        )
+    src_rows: list[torch.Tensor] = []
+    tgt_rows: list[torch.Tensor] = []
+    for text in range(source.n_texts):
+        s_rows, t_rows = source.rows_of(text), target.rows_of(text)
+        if alignment == "index":
+            s_idx, t_idx = align_by_index(len(s_rows), len(t_rows), strict=same_tokenizer)
+        else:
+            s_idx, t_idx = align_by_offsets(source.offsets[s_rows], target.offsets[t_rows])
+        src_rows.append(s_rows[s_idx])
+        tgt_rows.append(t_rows[t_idx])
+    s_all, t_all = torch.cat(src_rows), torch.cat(tgt_rows)
+    if s_all.numel() == 0:
+        raise SteeringTransferError("no token pairs were aligned; check that the texts are not empty")
+    return PairedActivations(
+        source=source.acts[s_all], target=target.acts[t_all], text_index=source.text_index[s_all],
+        source_token_index=source.token_index[s_all], target_token_index=target.token_index[t_all],
+        alignment=alignment,
+    )
+
+
+def extract_paired(
+    source: ModelHandle,
+    source_layer: int,
+    target: ModelHandle,
+    target_layer: int,
+    texts: Sequence[str],
+    *,
+    alignment: Alignment = "auto",
+    batch_size: int = 8,
+    max_length: int | None = 512,
+    cache: bool = True,
+    show_progress: bool = True,
+) -> PairedActivations:
+    """Paired activations for fitting a mapper from ``source`` at one layer to ``target`` at another.
+
+    ``alignment="auto"`` pairs by index when the two models share a tokenizer (raising if the
+    attention masks differ) and by character offsets otherwise.
+    """
+    texts = check_texts(texts)
+    src = extract_activations(source, texts, source_layer, batch_size=batch_size,
+                              max_length=max_length, cache=cache, show_progress=show_progress)
+    tgt = extract_activations(target, texts, target_layer, batch_size=batch_size,
+                              max_length=max_length, cache=cache, show_progress=show_progress)
+    return pair_activations(src, tgt, alignment=alignment, same_tokenizer=shares_tokenizer(source, target))

@@ -1,0 +1,175 @@
+"""Fidelity under replacement: run the target with one layer replaced by mapped source activations.
+
+This is the paper's validation (App. A, Table 1): if the mapper is good, the target's next-token
+distributions barely move. The baseline replaces the same activations by their mean across the
+text's tokens (mean ablation), which destroys token-specific information.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from . import hooks
+from .activations import _encode_with_offsets, _forward_layer, shares_tokenizer
+from .alignment import Alignment, align_by_index, align_by_offsets
+from .errors import SteeringTransferError, check_texts
+from .mappers.base import Mapper
+from .metrics import cosine, fvu, mse
+from .models import ModelHandle
+
+
+@dataclass
+class FidelityResult:
+    """Per-token averages over aligned, non-pad target positions."""
+
+    n_texts: int
+    n_tokens: int
+    kl_mapped: float  # KL(original || mapped replacement), nats per token
+    kl_mean_ablation: float  # KL(original || mean-ablated), nats per token
+    loss_original: float  # next-token cross-entropy of the untouched target
+    loss_mapped: float
+    loss_mean_ablation: float
+    mse: float
+    cosine: float
+    fvu: float
+
+    @property
+    def loss_delta_mapped(self) -> float:
+        return self.loss_mapped - self.loss_original
+
+    @property
+    def loss_delta_mean_ablation(self) -> float:
+        return self.loss_mean_ablation - self.loss_original
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["loss_delta_mapped"] = self.loss_delta_mapped
+        out["loss_delta_mean_ablation"] = self.loss_delta_mean_ablation
+        return out
+
+
+def _replacement_masks(
+    src_enc: dict[str, torch.Tensor], tgt_enc: dict[str, torch.Tensor], alignment: str,
+    same_tokenizer: bool,
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Per text: aligned (source positions, target positions)."""
+    src_pos: list[torch.Tensor] = []
+    tgt_pos: list[torch.Tensor] = []
+    for row in range(src_enc["input_ids"].shape[0]):
+        n_s = int(src_enc["attention_mask"][row].sum())
+        n_t = int(tgt_enc["attention_mask"][row].sum())
+        if alignment == "index":
+            s, t = align_by_index(n_s, n_t, strict=same_tokenizer)
+        else:
+            s, t = align_by_offsets(src_enc["offset_mapping"][row, :n_s],
+                                    tgt_enc["offset_mapping"][row, :n_t])
+        src_pos.append(s)
+        tgt_pos.append(t)
+    return src_pos, tgt_pos
+
+
+def _kl_sum(logits_ref: torch.Tensor, logits: torch.Tensor, mask: torch.Tensor) -> float:
+    """Sum over masked positions of KL(ref || logits)."""
+    logp_ref = F.log_softmax(logits_ref.float(), dim=-1)
+    logp = F.log_softmax(logits.float(), dim=-1)
+    kl = (logp_ref.exp() * (logp_ref - logp)).sum(-1)  # (batch, seq)
+    return float((kl * mask).sum())
+
+
+def _next_token_ce_sum(logits: torch.Tensor, input_ids: torch.Tensor, attn: torch.Tensor) -> float:
+    """Sum of next-token cross-entropy over positions whose next token is real."""
+    next_mask = attn[:, 1:] * attn[:, :-1]
+    ce = F.cross_entropy(logits[:, :-1].float().transpose(1, 2), input_ids[:, 1:], reduction="none")
+    return float((ce * next_mask).sum())
+
+
+def replacement_fidelity(
+    source: ModelHandle,
+    source_layer: int,
+    target: ModelHandle,
+    target_layer: int,
+    mapper: Mapper,
+    texts: Sequence[str],
+    *,
+    alignment: Alignment = "auto",
+    batch_size: int = 8,
+    max_length: int | None = 512,
+    show_progress: bool = True,
+) -> FidelityResult:
+    """KL and LM-loss change when target block ``target_layer`` is replaced by mapped source acts.
+
+    Only aligned positions are replaced (all non-pad positions for a shared tokenizer); KL and
+    the activation metrics are averaged over those positions; the LM loss is over all next-token
+    predictions of the text.
+    """
+    texts = check_texts(texts)
+    s_layer, t_layer = source.layer(source_layer, param="source_layer"), target.layer(
+        target_layer, param="target_layer")
+    if mapper.source_dim != source.hidden_size or mapper.target_dim != target.hidden_size:
+        raise SteeringTransferError(
+            f"mapper maps {mapper.source_dim} -> {mapper.target_dim} but the models have hidden "
+            f"sizes {source.hidden_size} -> {target.hidden_size}; fit a mapper for this pair"
+        )
+    same_tok = shares_tokenizer(source, target)
+    mode = ("index" if same_tok else "offsets") if alignment == "auto" else alignment
+    totals = dict.fromkeys(("kl_m", "kl_a", "l_o", "l_m", "l_a", "n_next"), 0.0)
+    preds: list[torch.Tensor] = []
+    trues: list[torch.Tensor] = []
+    n_tokens = 0
+    starts = range(0, len(texts), batch_size)
+    for start in tqdm(starts, desc="fidelity", disable=not show_progress, unit="batch"):
+        batch = texts[start : start + batch_size]
+        src_enc = _encode_with_offsets(source, batch, max_length)
+        tgt_enc = _encode_with_offsets(target, batch, max_length)
+        src_acts = _forward_layer(source, src_enc, s_layer)
+        src_pos, tgt_pos = _replacement_masks(src_enc, tgt_enc, mode, same_tok)
+        ids = tgt_enc["input_ids"].to(target.device)
+        attn = tgt_enc["attention_mask"].to(target.device)
+        with torch.no_grad(), hooks.capture(target, [t_layer]) as cap:
+            logits_ref = target.model(input_ids=ids, attention_mask=attn, use_cache=False).logits
+        true_acts = cap[t_layer]
+        mapped_full = true_acts.clone()
+        mean_full = true_acts.clone()
+        replace_mask = torch.zeros(ids.shape, dtype=torch.bool, device=ids.device)
+        for row, (s, t) in enumerate(zip(src_pos, tgt_pos)):
+            if t.numel() == 0:
+                continue
+            mapped = mapper.map(src_acts[row, s.to(src_acts.device)]).to(true_acts.device)
+            t_dev = t.to(true_acts.device)
+            mapped_full[row, t_dev] = mapped.to(true_acts.dtype)
+            n_real = int(attn[row].sum())
+            mean_full[row, t_dev] = true_acts[row, :n_real].mean(0)
+            replace_mask[row, t_dev] = True
+            preds.append(mapped.float().cpu())
+            trues.append(true_acts[row, t_dev].float().cpu())
+        mask_f = replace_mask.float()
+        attn_f = attn.float()
+        with torch.no_grad(), hooks.replace(target, t_layer, mapped_full):
+            logits_m = target.model(input_ids=ids, attention_mask=attn, use_cache=False).logits
+        with torch.no_grad(), hooks.replace(target, t_layer, mean_full):
+            logits_a = target.model(input_ids=ids, attention_mask=attn, use_cache=False).logits
+        totals["kl_m"] += _kl_sum(logits_ref, logits_m, mask_f)
+        totals["kl_a"] += _kl_sum(logits_ref, logits_a, mask_f)
+        totals["l_o"] += _next_token_ce_sum(logits_ref, ids, attn_f)
+        totals["l_m"] += _next_token_ce_sum(logits_m, ids, attn_f)
+        totals["l_a"] += _next_token_ce_sum(logits_a, ids, attn_f)
+        totals["n_next"] += float((attn_f[:, 1:] * attn_f[:, :-1]).sum())
+        n_tokens += int(replace_mask.sum())
+    if n_tokens == 0:
+        raise SteeringTransferError("no target positions were aligned for replacement")
+    pred, true = torch.cat(preds), torch.cat(trues)
+    n_next = max(totals["n_next"], 1.0)
+    return FidelityResult(
+        n_texts=len(texts), n_tokens=n_tokens,
+        kl_mapped=totals["kl_m"] / n_tokens, kl_mean_ablation=totals["kl_a"] / n_tokens,
+        loss_original=totals["l_o"] / n_next, loss_mapped=totals["l_m"] / n_next,
+        loss_mean_ablation=totals["l_a"] / n_next,
+        mse=float(mse(pred, true)), cosine=float(cosine(pred, true)), fvu=float(fvu(pred, true)),
+    )
