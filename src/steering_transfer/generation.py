@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
@@ -25,10 +26,12 @@ def generate(
     intervention: InterventionFactory | None = None,
     add_special_tokens: bool = True,
     show_progress: bool = False,
+    **generate_kwargs: Any,
 ) -> list[str]:
     """Greedy completions (new text only, special tokens stripped), in prompt order.
 
     Prompts are left-padded so that position ``-1`` is every row's last prompt token.
+    ``generate_kwargs`` go to ``model.generate`` (e.g. ``min_new_tokens``).
     """
     prompts = check_texts(prompts, param="prompts")
     if max_new_tokens < 1:
@@ -48,6 +51,7 @@ def generate(
                 max_new_tokens=max_new_tokens,
                 do_sample=False,
                 pad_token_id=tok.pad_token_id,
+                **generate_kwargs,
             )
         new_tokens = out[:, enc["input_ids"].shape[1] :]
         outputs.extend(tok.batch_decode(new_tokens, skip_special_tokens=True))

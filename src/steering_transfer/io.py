@@ -35,7 +35,7 @@ def stable_hash(obj: Any, length: int = 16) -> str:
 
 
 @contextlib.contextmanager
-def _atomic_path(path: Path) -> Iterator[Path]:
+def atomic_path(path: Path) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
@@ -51,7 +51,7 @@ def _atomic_path(path: Path) -> Iterator[Path]:
 def write_json(path: str | Path, data: Mapping[str, Any]) -> Path:
     """Write JSON atomically."""
     path = Path(path)
-    with _atomic_path(path) as tmp:
+    with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
     return path
 
@@ -59,7 +59,7 @@ def write_json(path: str | Path, data: Mapping[str, Any]) -> Path:
 def write_text(path: str | Path, text: str) -> Path:
     """Write a text file atomically (reports, leaderboards)."""
     path = Path(path)
-    with _atomic_path(path) as tmp:
+    with atomic_path(path) as tmp:
         tmp.write_text(text)
     return path
 
@@ -83,7 +83,7 @@ def write_tensors(
     """Write tensors to safetensors atomically (contiguous CPU copies)."""
     path = Path(path)
     clean = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
-    with _atomic_path(path) as tmp:
+    with atomic_path(path) as tmp:
         save_file(clean, str(tmp), metadata=dict(metadata) if metadata else None)
     return path
 

@@ -20,7 +20,7 @@ import torch
 
 from .errors import SteeringTransferError, check_finite, check_matrix, check_texts
 from .hooks import capture
-from .io import _atomic_path, write_tensors
+from .io import atomic_path, write_tensors
 from .mappers.base import Mapper
 from .models import ModelHandle
 
@@ -294,7 +294,7 @@ def save_gguf_control_vector(
         raise SteeringTransferError("model_hint must be a non-empty string (the HF model_type)")
 
     path = Path(path)
-    with _atomic_path(path) as tmp:
+    with atomic_path(path) as tmp:
         writer = GGUFWriter(str(tmp), arch=_GGUF_ARCH)
         writer.add_string(f"{_GGUF_ARCH}.model_hint", model_hint)
         writer.add_uint32(f"{_GGUF_ARCH}.layer_count", len(vectors))
@@ -399,7 +399,8 @@ def _encode(
 
 
 def _trigger_mask(
-    texts: list[str], trigger: str, offsets: torch.Tensor, attention: torch.Tensor, start: int
+    texts: list[str], trigger: str, offsets: torch.Tensor, attention: torch.Tensor, start: int,
+    param: str,
 ) -> torch.Tensor:
     """Tokens whose character span overlaps the first occurrence of ``trigger``."""
     mask = torch.zeros(attention.shape, dtype=torch.bool)
@@ -407,14 +408,14 @@ def _trigger_mask(
         begin = text.find(trigger)
         if begin < 0:
             raise SteeringTransferError(
-                f"trigger {trigger!r} does not occur in text {start + row}: {text[:80]!r}"
+                f"trigger {trigger!r} does not occur in {param}[{start + row}]: {text[:80]!r}"
             )
         end = begin + len(trigger)
         s, e = offsets[row, :, 0], offsets[row, :, 1]
         mask[row] = (s < end) & (e > begin) & (e > s) & attention[row].bool().cpu()
         if not bool(mask[row].any()):
             raise SteeringTransferError(
-                f"trigger {trigger!r} in text {start + row} maps to no token (truncated by "
+                f"trigger {trigger!r} in {param}[{start + row}] maps to no token (truncated by "
                 "max_length?); raise max_length or move the trigger earlier"
             )
     return mask
@@ -429,7 +430,7 @@ def _collect(
     batch_size: int,
     max_length: int | None,
     show_progress: bool,
-    desc: str,
+    param: str,
 ) -> torch.Tensor:
     """One row per text: the block-``layer`` output reduced over the chosen positions."""
     rows: list[torch.Tensor] = []
@@ -437,7 +438,7 @@ def _collect(
     if show_progress:
         from tqdm.auto import tqdm
 
-        starts = tqdm(starts, desc=desc, total=math.ceil(len(texts) / batch_size))
+        starts = tqdm(starts, desc=param, total=math.ceil(len(texts) / batch_size))
     for start in starts:
         chunk = texts[start:start + batch_size]
         enc = _encode(handle, chunk, max_length, offsets=positions == "trigger")
@@ -445,12 +446,12 @@ def _collect(
         empty = (attention.sum(dim=1) == 0).nonzero().flatten().tolist()
         if empty:
             raise SteeringTransferError(
-                f"text {start + empty[0]} produced no tokens; remove empty prompts"
+                f"{param}[{start + empty[0]}] produced no tokens; remove empty prompts"
             )
         if positions == "trigger":
             assert trigger is not None
             mask = _trigger_mask(chunk, trigger, enc["offset_mapping"], enc["attention_mask"],
-                                 start).to(handle.device)
+                                 start, param).to(handle.device)
         elif positions == "mean":
             mask = attention.bool()
         else:  # last non-pad token, found from the mask so any padding side would work
@@ -462,7 +463,8 @@ def _collect(
             handle.model(input_ids=enc["input_ids"].to(handle.device), attention_mask=attention,
                          use_cache=False)
         hidden = cap[layer].double()
-        weights = mask.to(hidden.dtype).unsqueeze(-1)
+        # The block may sit on another device than the embeddings (device_map sharding).
+        weights = mask.to(hidden.device, hidden.dtype).unsqueeze(-1)
         reduced = (hidden * weights).sum(dim=1) / weights.sum(dim=1)
         rows.append(reduced.to("cpu", torch.float32))
     return torch.cat(rows, dim=0)
@@ -513,8 +515,8 @@ def contrastive_activations(
     neg = check_texts(negative_texts, param="negative_texts")
     resolved = handle.layer(layer)
     common = (resolved, positions, trigger, batch_size, max_length, show_progress)
-    return (_collect(handle, pos, *common, desc="positive"),
-            _collect(handle, neg, *common, desc="negative"))
+    return (_collect(handle, pos, *common, param="positive_texts"),
+            _collect(handle, neg, *common, param="negative_texts"))
 
 
 def _family_meta(handle: ModelHandle) -> dict[str, MetadataValue]:
@@ -579,9 +581,9 @@ def prompt_steering_vector(
             raise SteeringTransferError(f"{name} must be a non-empty string, got {trig!r}")
     _validate_extraction("trigger", trigger_pos, batch_size, max_length)
     pos = _collect(handle, [p for p, _ in pairs], resolved, "trigger", trigger_pos, batch_size,
-                   max_length, show_progress, "positive")
+                   max_length, show_progress, "positive prompts")
     neg = _collect(handle, [n for _, n in pairs], resolved, "trigger", trigger_neg, batch_size,
-                   max_length, show_progress, "negative")
+                   max_length, show_progress, "negative prompts")
     vector = (pos.double() - neg.double()).mean(dim=0).float()
     meta: dict[str, MetadataValue] = {
         "n_pairs": len(pairs), "positions": "trigger", "trigger_pos": trigger_pos,

@@ -1,5 +1,8 @@
 """Mapper architectures between two models' residual streams (see :mod:`.base`)."""
 
+# The architecture modules are imported for their @register_mapper side effect.
+from .affine import AffineConfig, AffineMapper
+from .autoencoder import AutoencoderConfig, AutoencoderMapper, GradientConfig
 from .base import (
     FitReport,
     Mapper,
@@ -10,11 +13,22 @@ from .base import (
     load_mapper,
     register_mapper,
 )
+from .lowrank import LowRankConfig, LowRankMapper
+from .procrustes import ProcrustesConfig, ProcrustesMapper
 
 __all__ = [
+    "AffineConfig",
+    "AffineMapper",
+    "AutoencoderConfig",
+    "AutoencoderMapper",
     "FitReport",
+    "GradientConfig",
+    "LowRankConfig",
+    "LowRankMapper",
     "Mapper",
     "MapperConfig",
+    "ProcrustesConfig",
+    "ProcrustesMapper",
     "available_mappers",
     "create_mapper",
     "get_mapper_class",

@@ -9,6 +9,7 @@ Artifacts are ``mapper.safetensors`` (weights) + ``config.json`` (architecture a
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,8 +18,8 @@ from typing import Any, ClassVar, TypeVar
 import torch
 from torch import nn
 
-from ..errors import SteeringTransferError, check_finite, check_matrix
-from ..io import read_json, read_tensors, write_json, write_tensors
+from steering_transfer.errors import SteeringTransferError, check_finite, check_matrix
+from steering_transfer.io import read_json, read_tensors, write_json, write_tensors
 
 WEIGHTS_FILE = "mapper.safetensors"
 CONFIG_FILE = "config.json"
@@ -124,12 +125,10 @@ class Mapper(nn.Module, ABC):
                 f"input has shape {shape} but this {self.name} mapper expects last dimension "
                 f"{self.source_dim} (source hidden size)"
             )
-        param = next(self.parameters(), None)
+        # Buffers too: a closed-form mapper may hold only buffers (e.g. procrustes).
+        param = next(itertools.chain(self.parameters(), self.buffers()), None)
         with torch.no_grad():
-            if param is not None:
-                out = self(x.to(param.device, param.dtype))
-            else:
-                out = self(x)
+            out = self(x.to(param.device, param.dtype)) if param is not None else self(x)
         return out.to(x.dtype)
 
     # ------------------------------------------------------------------------------ persistence

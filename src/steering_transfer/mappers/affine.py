@@ -1,0 +1,212 @@
+"""Affine mapper ``y = W x + b``: the paper's "LinearMapping", fitted in closed form by default.
+
+The closed form is exact least squares (optionally ridge), so it is both faster and better than
+the paper's AdamW training for this architecture; the ``sgd`` solver is kept to compare against
+that training recipe. The streaming moment helpers here are shared by the other closed-form
+mappers (:mod:`.lowrank`, :mod:`.procrustes`).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+
+from steering_transfer.errors import SteeringTransferError
+
+from .autoencoder import GradientConfig, init_linear_, train_mse
+from .base import FitReport, Mapper, register_mapper
+
+logger = logging.getLogger(__name__)
+
+#: Rows per chunk when streaming moments; 8192 x 1216 float64 is ~80 MB of scratch.
+CHUNK_ROWS = 8192
+#: Cholesky is abandoned for lstsq when ``min(diag L) / max(diag L)`` falls below this,
+#: i.e. when the (regularised) covariance has condition number above ~1e12.
+_CHOLESKY_MIN_DIAG_RATIO = 1e-6
+#: Relative singular-value cutoff of the lstsq fallback (on the covariance, so ~1e-6 on the data).
+_LSTSQ_RCOND = 1e-12
+
+
+# ---------------------------------------------------------------------------- streaming moments
+
+
+@dataclass
+class Moments:
+    """Centred first and second moments of paired activations, all float64.
+
+    ``xx`` and ``xy`` are divided by ``n`` (biased covariances), so they stay O(1) for any
+    number of tokens and ridge strengths do not depend on ``n``.
+    """
+
+    n: int
+    mean_x: torch.Tensor  # (d_s,)
+    mean_y: torch.Tensor  # (d_t,)
+    xx: torch.Tensor | None  # (d_s, d_s), None when not requested
+    xy: torch.Tensor  # (d_s, d_t)
+    var_x: float  # mean squared norm of centred source rows = trace(xx)
+    var_y: float  # mean squared norm of centred target rows
+
+
+def _row_chunks(n: int, chunk_rows: int) -> Iterator[slice]:
+    for start in range(0, n, chunk_rows):
+        yield slice(start, min(start + chunk_rows, n))
+
+
+def compute_moments(
+    source: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    need_xx: bool = True,
+    chunk_rows: int = CHUNK_ROWS,
+) -> Moments:
+    """Two-pass (mean, then centred products) float64 moments, streamed in row chunks.
+
+    Centring before the products matters: residual streams have large mean components, and the
+    one-pass ``E[xx^T] - mu mu^T`` formula loses most of its digits to cancellation. Chunking
+    keeps the float64 scratch bounded (100k x 576 would be 460 MB as one float64 copy).
+    """
+    n, d_s = source.shape
+    d_t = target.shape[1]
+    f64 = torch.float64
+    dev = source.device
+    sum_x = torch.zeros(d_s, dtype=f64, device=dev)
+    sum_y = torch.zeros(d_t, dtype=f64, device=dev)
+    for rows in _row_chunks(n, chunk_rows):
+        sum_x += source[rows].sum(0, dtype=f64)
+        sum_y += target[rows].to(dev).sum(0, dtype=f64)
+    mean_x, mean_y = sum_x / n, sum_y / n
+
+    xx = torch.zeros(d_s, d_s, dtype=f64, device=dev) if need_xx else None
+    xy = torch.zeros(d_s, d_t, dtype=f64, device=dev)
+    ss_x = torch.zeros((), dtype=f64, device=dev)
+    ss_y = torch.zeros((), dtype=f64, device=dev)
+    for rows in _row_chunks(n, chunk_rows):
+        xc = source[rows].to(f64) - mean_x
+        yc = target[rows].to(dev, f64) - mean_y
+        xy.addmm_(xc.T, yc)
+        if xx is not None:
+            xx.addmm_(xc.T, xc)
+        ss_x += xc.square().sum()
+        ss_y += yc.square().sum()
+    if xx is not None:
+        xx /= n
+    xy /= n
+    return Moments(n, mean_x, mean_y, xx, xy, float(ss_x) / n, float(ss_y) / n)
+
+
+def solve_spd(matrix: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
+    """Solve ``matrix @ X = rhs`` for a symmetric PSD ``matrix`` (float64).
+
+    Cholesky is fast and accurate when the matrix is well conditioned. Residual streams often
+    are not (constant or duplicated dimensions, massive-activation outliers), and then Cholesky
+    either fails or amplifies noise; the fallback is the minimum-norm least-squares solution
+    (SVD-based ``gelsd``), which simply ignores directions the data never varies in.
+    """
+    chol, info = torch.linalg.cholesky_ex(matrix)
+    if int(info) == 0:
+        diag = chol.diagonal()
+        if float(diag.min()) > _CHOLESKY_MIN_DIAG_RATIO * float(diag.max()):
+            return torch.cholesky_solve(rhs, chol)
+    logger.info("covariance is ill-conditioned; using minimum-norm lstsq instead of Cholesky")
+    # gelsd is CPU-only; the system is only d x d, so solving it on the CPU is cheap.
+    solution = torch.linalg.lstsq(
+        matrix.cpu(), rhs.cpu(), rcond=_LSTSQ_RCOND, driver="gelsd"
+    ).solution
+    return solution.to(matrix.device)
+
+
+def ridge_penalty(moments: Moments, ridge: float) -> float:
+    """Absolute diagonal loading for a relative ``ridge``.
+
+    ``ridge`` is measured in units of the average source variance (``trace(Cov x) / d_s``), so
+    the same value shrinks equally for a model whose residual norm is 5 or 500.
+    """
+    d_s = moments.mean_x.shape[0]
+    return ridge * moments.var_x / d_s
+
+
+def ridge_solution(moments: Moments, ridge: float) -> torch.Tensor:
+    """Ridge coefficients ``B`` (d_s, d_t) of centred data: ``(Cov x + lam I) B = Cov(x, y)``.
+
+    Centring means the bias is never penalised; it is recovered as ``mean_y - B^T mean_x``.
+    """
+    if moments.xx is None:
+        raise SteeringTransferError("internal: ridge_solution needs moments with need_xx=True")
+    gram = moments.xx.clone()
+    gram.diagonal().add_(ridge_penalty(moments, ridge))
+    return solve_spd(gram, moments.xy)
+
+
+# ---------------------------------------------------------------------------------- the mapper
+
+
+@dataclass
+class AffineConfig(GradientConfig):
+    """``ridge`` (relative, closed form only) and the solver; SGD fields apply to ``sgd`` only."""
+
+    ridge: float = 0.0
+    solver: Literal["closed_form", "sgd"] = "closed_form"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.solver not in ("closed_form", "sgd"):
+            raise SteeringTransferError(
+                f"solver must be 'closed_form' or 'sgd', got {self.solver!r}"
+            )
+        if (
+            isinstance(self.ridge, bool)
+            or not isinstance(self.ridge, (int, float))
+            or not math.isfinite(self.ridge)
+            or self.ridge < 0
+        ):
+            raise SteeringTransferError(f"ridge must be a finite float >= 0, got {self.ridge!r}")
+        if self.solver == "sgd" and self.ridge != 0:
+            raise SteeringTransferError(
+                "ridge only applies to solver='closed_form'; for solver='sgd' use weight_decay"
+            )
+
+
+@register_mapper("affine")
+class AffineMapper(Mapper):
+    """``y = W x + b`` with ``W`` of shape (d_target, d_source)."""
+
+    config_cls = AffineConfig
+    config: AffineConfig
+
+    def __init__(self, config: AffineConfig) -> None:
+        super().__init__(config)
+        # skip_init: build without consuming the global RNG; we initialise from config.seed.
+        self.linear = nn.utils.skip_init(nn.Linear, config.source_dim, config.target_dim)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """PyTorch-default-style uniform init drawn from a generator seeded by ``config.seed``."""
+        generator = torch.Generator().manual_seed(self.config.seed)
+        init_linear_(self.linear, generator)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x)
+
+    def _fit(self, source: torch.Tensor, target: torch.Tensor, show_progress: bool) -> FitReport:
+        if self.config.solver == "sgd":
+            self.reset_parameters()
+            return train_mse(
+                self, self.linear, self.linear, source, target, self.config,
+                show_progress=show_progress, desc="affine (sgd)",
+            )
+        start = time.perf_counter()
+        moments = compute_moments(source, target)
+        coef = ridge_solution(moments, self.config.ridge)  # (d_s, d_t)
+        weight = coef.T
+        bias = moments.mean_y - weight @ moments.mean_x
+        with torch.no_grad():
+            self.linear.weight.copy_(weight)
+            self.linear.bias.copy_(bias)
+        return FitReport(n_train=moments.n, n_val=0, seconds=time.perf_counter() - start)
