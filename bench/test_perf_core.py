@@ -32,8 +32,24 @@ CALIBRATION = {"extract_last": 0.85, "extract_third": 1.3, "steered_generation":
 TEXTS = [
     f"Question {i}: explain in a few sentences why the {topic} matters for everyday life. Answer:"
     for i, topic in enumerate(
-        ["weather", "ocean", "economy", "garden", "library", "bridge", "river", "market",
-         "kitchen", "forest", "school", "harbor", "museum", "orchard", "railway", "theater"]
+        [
+            "weather",
+            "ocean",
+            "economy",
+            "garden",
+            "library",
+            "bridge",
+            "river",
+            "market",
+            "kitchen",
+            "forest",
+            "school",
+            "harbor",
+            "museum",
+            "orchard",
+            "railway",
+            "theater",
+        ]
     )
 ]
 
@@ -79,9 +95,14 @@ def _interleaved(reference: Callable[[], Any], candidate: Callable[[], Any]) -> 
 def _record(perf_report: Any, benchmark: Any, result: SpeedResult, **extra: Any) -> None:
     benchmark.extra_info.update({"ratio": result.ratio, "reference_s": result.reference_s})
     perf_report.add(
-        stage=result.name, reference_s=round(result.reference_s, 4),
-        candidate_s=round(result.candidate_s, 4), ratio=round(result.ratio, 3),
-        guard=result.bound, seed=SEED, rounds=ROUNDS, **extra,
+        stage=result.name,
+        reference_s=round(result.reference_s, 4),
+        candidate_s=round(result.candidate_s, 4),
+        ratio=round(result.ratio, 3),
+        guard=result.bound,
+        seed=SEED,
+        rounds=ROUNDS,
+        **extra,
     )
 
 
@@ -101,16 +122,24 @@ def test_extraction_throughput(
     def extract() -> None:
         _forward_layer(perf_model, enc, layer)
 
+    n_tokens = inputs["input_ids"].shape[1]
     ref, cand = _interleaved(plain, extract)
     benchmark.pedantic(extract, rounds=3, warmup_rounds=0)
     result = SpeedResult(f"extract_{depth}", ref, cand, CALIBRATION[f"extract_{depth}"], True)
-    _record(perf_report, benchmark, result, model=perf_model.model_id,
-            detail=f"layer {layer}/{perf_model.n_layers}, {N_TEXTS} texts x {inputs['input_ids'].shape[1]} tok")
+    _record(
+        perf_report,
+        benchmark,
+        result,
+        model=perf_model.model_id,
+        detail=f"layer {layer}/{perf_model.n_layers}, {N_TEXTS} texts x {n_tokens} tok",
+    )
     assert result.passed, result.message
 
 
 @pytest.mark.benchmark(group="generation")
-def test_steered_generation_overhead(benchmark: Any, perf_model: ModelHandle, perf_report: Any) -> None:
+def test_steered_generation_overhead(
+    benchmark: Any, perf_model: ModelHandle, perf_report: Any
+) -> None:
     generator = torch.Generator().manual_seed(SEED)
     vector = torch.randn(perf_model.hidden_size, generator=generator)
     prompts = TEXTS[:8]
@@ -119,12 +148,23 @@ def test_steered_generation_overhead(benchmark: Any, perf_model: ModelHandle, pe
         generate(perf_model, prompts, max_new_tokens=16, batch_size=8, min_new_tokens=16)
 
     def steered() -> None:
-        generate(perf_model, prompts, max_new_tokens=16, batch_size=8, min_new_tokens=16,
-                 intervention=lambda enc: hooks.add(perf_model, perf_model.n_layers // 2, vector, 4.0))
+        generate(
+            perf_model,
+            prompts,
+            max_new_tokens=16,
+            batch_size=8,
+            min_new_tokens=16,
+            intervention=lambda enc: hooks.add(perf_model, perf_model.n_layers // 2, vector, 4.0),
+        )
 
     ref, cand = _interleaved(plain, steered)
     benchmark.pedantic(steered, rounds=2, warmup_rounds=0)
     result = SpeedResult("steered_generation", ref, cand, CALIBRATION["steered_generation"], False)
-    _record(perf_report, benchmark, result, model=perf_model.model_id,
-            detail="8 prompts, exactly 16 new tokens, greedy, batch 8")
+    _record(
+        perf_report,
+        benchmark,
+        result,
+        model=perf_model.model_id,
+        detail="8 prompts, exactly 16 new tokens, greedy, batch 8",
+    )
     assert result.passed, result.message

@@ -48,7 +48,9 @@ def test_cache_is_reused_and_bitwise_equal(llama: ModelHandle, _cache: Path) -> 
     assert torch.equal(first.offsets, second.offsets)
 
 
-def test_corrupt_shard_gives_clear_error_and_refresh_rebuilds(llama: ModelHandle, _cache: Path) -> None:
+def test_corrupt_shard_gives_clear_error_and_refresh_rebuilds(
+    llama: ModelHandle, _cache: Path
+) -> None:
     extract_activations(llama, TEXTS, 1, batch_size=2, show_progress=False)
     shard = sorted((_cache / "activations").rglob("*.safetensors"))[0]
     shard.write_bytes(b"not a safetensors file")

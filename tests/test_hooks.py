@@ -65,13 +65,14 @@ def test_add_changes_exactly_chosen_positions(handle: ModelHandle, positions: ob
     vector = torch.randn(handle.hidden_size)
     with torch.no_grad(), hooks.capture(handle, [layer]) as base:
         handle.model(**enc)
-    with torch.no_grad(), hooks.add(handle, layer, vector, alpha, positions=positions):  # type: ignore[arg-type]
-        with hooks.capture(handle, [layer]) as steered:
-            handle.model(**enc)
+    steer = hooks.add(handle, layer, vector, alpha, positions=positions)  # type: ignore[arg-type]
+    with torch.no_grad(), steer, hooks.capture(handle, [layer]) as steered:
+        handle.model(**enc)
     seq = enc["input_ids"].shape[1]
     expected_positions = {
-        "all": list(range(seq)), "last": [seq - 1],
-    }.get(positions if isinstance(positions, str) else "", None)
+        "all": list(range(seq)),
+        "last": [seq - 1],
+    }.get(positions if isinstance(positions, str) else "")
     if expected_positions is None:
         expected_positions = [0, 2] if isinstance(positions, list) else list(range(3, seq))
     expected = base[layer].clone()
@@ -87,7 +88,11 @@ def test_add_with_boolean_mask_and_per_row_vectors(llama: ModelHandle) -> None:
     vectors = torch.randn(2, llama.hidden_size)
     with torch.no_grad(), hooks.capture(llama, [0]) as base:
         llama.model(**enc)
-    with torch.no_grad(), hooks.add(llama, 0, vectors, positions=mask), hooks.capture(llama, [0]) as out:
+    with (
+        torch.no_grad(),
+        hooks.add(llama, 0, vectors, positions=mask),
+        hooks.capture(llama, [0]) as out,
+    ):
         llama.model(**enc)
     expected = base[0].clone()
     expected[0, 1] += vectors[0]
@@ -102,10 +107,18 @@ def test_add_during_cached_generation_uses_absolute_positions(llama: ModelHandle
     vector = torch.randn(llama.hidden_size) * 50
     plain = generate(llama, prompt, max_new_tokens=6)
     # steering that starts after the prompt leaves the first generated token unchanged
-    late = generate(llama, prompt, max_new_tokens=6,
-                    intervention=lambda enc: hooks.add(llama, 1, vector, positions=FromIndex(n_prompt)))
-    early = generate(llama, prompt, max_new_tokens=6,
-                     intervention=lambda enc: hooks.add(llama, 1, vector, positions="all"))
+    late = generate(
+        llama,
+        prompt,
+        max_new_tokens=6,
+        intervention=lambda enc: hooks.add(llama, 1, vector, positions=FromIndex(n_prompt)),
+    )
+    early = generate(
+        llama,
+        prompt,
+        max_new_tokens=6,
+        intervention=lambda enc: hooks.add(llama, 1, vector, positions="all"),
+    )
     tok = llama.tokenizer
     first = tok(plain[0], add_special_tokens=False)["input_ids"][:1]
     assert tok(late[0], add_special_tokens=False)["input_ids"][:1] == first
@@ -126,7 +139,11 @@ def test_ablate_selected_layers_only(llama: ModelHandle) -> None:
     enc = llama.tokenize(TEXTS)
     direction = torch.randn(llama.hidden_size)
     unit = direction / direction.norm()
-    with torch.no_grad(), hooks.ablate(llama, direction, layers=[2]), hooks.capture(llama, [1, 2]) as cap:
+    with (
+        torch.no_grad(),
+        hooks.ablate(llama, direction, layers=[2]),
+        hooks.capture(llama, [1, 2]) as cap,
+    ):
         llama.model(**enc)
     assert (cap[2] @ unit).abs().max() < 1e-4
     assert (cap[1] @ unit).abs().max() > 1e-2
@@ -138,7 +155,11 @@ def test_replace_with_tensor_and_function(handle: ModelHandle) -> None:
     with torch.no_grad(), hooks.replace(handle, 1, new), hooks.capture(handle, [1, 2]) as cap:
         handle.model(**enc)
     assert torch.equal(cap[1], new)
-    with torch.no_grad(), hooks.replace(handle, 1, lambda h: h * 0), hooks.capture(handle, [1]) as cap2:
+    with (
+        torch.no_grad(),
+        hooks.replace(handle, 1, lambda h: h * 0),
+        hooks.capture(handle, [1]) as cap2,
+    ):
         handle.model(**enc)
     assert torch.count_nonzero(cap2[1]) == 0
 
@@ -151,7 +172,11 @@ def test_hooks_removed_after_exception(handle: ModelHandle) -> None:
         return [len(m._forward_hooks) for m in handle.model.modules()]
 
     before = counts()
-    with pytest.raises(RuntimeError, match="boom"), hooks.add(handle, 1, vector), hooks.capture(handle, [1]):
+    with (
+        pytest.raises(RuntimeError, match="boom"),
+        hooks.add(handle, 1, vector),
+        hooks.capture(handle, [1]),
+    ):
         assert len(block._forward_hooks) == before[list(handle.model.modules()).index(block)] + 2
         raise RuntimeError("boom")
     assert counts() == before
@@ -184,7 +209,10 @@ def test_vector_cast_to_activation_dtype(llama: ModelHandle) -> None:
         (lambda h: hooks.add(h, 0, torch.zeros(h.hidden_size + 1)), "hidden size"),
         (lambda h: hooks.add(h, 0, torch.full((h.hidden_size,), float("nan"))), "NaN"),
         (lambda h: hooks.add(h, 0, torch.zeros(h.hidden_size), positions="first"), "positions"),
-        (lambda h: hooks.add(h, 0, torch.zeros(h.hidden_size), positions=[]), "positions is an empty"),
+        (
+            lambda h: hooks.add(h, 0, torch.zeros(h.hidden_size), positions=[]),
+            "positions is an empty",
+        ),
         (lambda h: hooks.ablate(h, torch.zeros(h.hidden_size)), "zero norm"),
         (lambda h: hooks.capture(h, []), "layers is empty"),
         (lambda h: hooks.replace(h, 0, torch.zeros(3, 7)), "replacement has hidden size"),
@@ -198,7 +226,8 @@ def test_bad_hook_arguments(llama: ModelHandle, call: object, match: str) -> Non
 def test_positions_beyond_sequence_raise(llama: ModelHandle) -> None:
     enc = llama.tokenize(["hi"])
     vector = torch.zeros(llama.hidden_size)
-    with pytest.raises(SteeringTransferError, match="beyond the prompt"), hooks.add(
-        llama, 0, vector, positions=[50]
+    with (
+        pytest.raises(SteeringTransferError, match="beyond the prompt"),
+        hooks.add(llama, 0, vector, positions=[50]),
     ):
         llama.model(**enc)

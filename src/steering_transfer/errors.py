@@ -28,7 +28,9 @@ def resolve_layer(layer: int, n_layers: int, *, param: str = "layer") -> int:
 def check_texts(texts: Sequence[str], *, param: str = "texts") -> list[str]:
     """Ensure a non-empty list of strings."""
     if isinstance(texts, str):
-        raise SteeringTransferError(f"{param} must be a list of strings, not a single string; wrap it in [...]")
+        raise SteeringTransferError(
+            f"{param} must be a list of strings, not a single string; wrap it in [...]"
+        )
     texts = list(texts)
     if not texts:
         raise SteeringTransferError(f"{param} is empty; pass at least one prompt")

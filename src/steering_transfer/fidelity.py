@@ -56,7 +56,9 @@ class FidelityResult:
 
 
 def _replacement_masks(
-    src_enc: dict[str, torch.Tensor], tgt_enc: dict[str, torch.Tensor], alignment: str,
+    src_enc: dict[str, torch.Tensor],
+    tgt_enc: dict[str, torch.Tensor],
+    alignment: str,
     same_tokenizer: bool,
 ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Per text: aligned (source positions, target positions)."""
@@ -68,8 +70,9 @@ def _replacement_masks(
         if alignment == "index":
             s, t = align_by_index(n_s, n_t, strict=same_tokenizer)
         else:
-            s, t = align_by_offsets(src_enc["offset_mapping"][row, :n_s],
-                                    tgt_enc["offset_mapping"][row, :n_t])
+            s, t = align_by_offsets(
+                src_enc["offset_mapping"][row, :n_s], tgt_enc["offset_mapping"][row, :n_t]
+            )
         src_pos.append(s)
         tgt_pos.append(t)
     return src_pos, tgt_pos
@@ -110,8 +113,10 @@ def replacement_fidelity(
     predictions of the text.
     """
     texts = check_texts(texts)
-    s_layer, t_layer = source.layer(source_layer, param="source_layer"), target.layer(
-        target_layer, param="target_layer")
+    s_layer, t_layer = (
+        source.layer(source_layer, param="source_layer"),
+        target.layer(target_layer, param="target_layer"),
+    )
     if mapper.source_dim != source.hidden_size or mapper.target_dim != target.hidden_size:
         raise SteeringTransferError(
             f"mapper maps {mapper.source_dim} -> {mapper.target_dim} but the models have hidden "
@@ -138,7 +143,7 @@ def replacement_fidelity(
         mapped_full = true_acts.clone()
         mean_full = true_acts.clone()
         replace_mask = torch.zeros(ids.shape, dtype=torch.bool, device=ids.device)
-        for row, (s, t) in enumerate(zip(src_pos, tgt_pos)):
+        for row, (s, t) in enumerate(zip(src_pos, tgt_pos, strict=True)):
             if t.numel() == 0:
                 continue
             mapped = mapper.map(src_acts[row, s.to(src_acts.device)]).to(true_acts.device)
@@ -167,9 +172,14 @@ def replacement_fidelity(
     pred, true = torch.cat(preds), torch.cat(trues)
     n_next = max(totals["n_next"], 1.0)
     return FidelityResult(
-        n_texts=len(texts), n_tokens=n_tokens,
-        kl_mapped=totals["kl_m"] / n_tokens, kl_mean_ablation=totals["kl_a"] / n_tokens,
-        loss_original=totals["l_o"] / n_next, loss_mapped=totals["l_m"] / n_next,
+        n_texts=len(texts),
+        n_tokens=n_tokens,
+        kl_mapped=totals["kl_m"] / n_tokens,
+        kl_mean_ablation=totals["kl_a"] / n_tokens,
+        loss_original=totals["l_o"] / n_next,
+        loss_mapped=totals["l_m"] / n_next,
         loss_mean_ablation=totals["l_a"] / n_next,
-        mse=float(mse(pred, true)), cosine=float(cosine(pred, true)), fvu=float(fvu(pred, true)),
+        mse=float(mse(pred, true)),
+        cosine=float(cosine(pred, true)),
+        fvu=float(fvu(pred, true)),
     )

@@ -89,7 +89,9 @@ class Captured:
     def _key(self, layer: int) -> int:
         key = layer % self.n_layers if -self.n_layers <= layer < 0 else layer
         if key not in self.records:
-            raise KeyError(f"layer {layer} was not captured (or no forward ran); captured: {self.layers}")
+            raise KeyError(
+                f"layer {layer} was not captured (or no forward ran); captured: {self.layers}"
+            )
         return key
 
     def __getitem__(self, layer: int) -> torch.Tensor:
@@ -123,8 +125,10 @@ def capture(
     resolved = _resolve_layers(handle, layers)
     store = Captured(layers=resolved, n_layers=handle.n_layers)
     deepest = max(resolved)
-    regs = [(handle.block(layer), _capture_hook(store, layer, stop_forward and layer == deepest))
-            for layer in resolved]
+    regs = [
+        (handle.block(layer), _capture_hook(store, layer, stop_forward and layer == deepest))
+        for layer in resolved
+    ]
     try:
         with _hooked(regs):
             yield store
@@ -135,7 +139,9 @@ def capture(
 # --------------------------------------------------------------------------------------- steering
 
 
-def _prepare_vector(handle: ModelHandle, vector: torch.Tensor, param: str = "vector") -> torch.Tensor:
+def _prepare_vector(
+    handle: ModelHandle, vector: torch.Tensor, param: str = "vector"
+) -> torch.Tensor:
     if not isinstance(vector, torch.Tensor):
         raise SteeringTransferError(f"{param} must be a torch.Tensor, got {type(vector).__name__}")
     if vector.ndim not in (1, 2) or vector.shape[-1] != handle.hidden_size:
@@ -157,12 +163,14 @@ def _add_hook(layer: int, delta: torch.Tensor, positions: PositionSpec) -> HookF
             raise SteeringTransferError(
                 f"per-row vector has {d.shape[0]} rows but the batch has {batch}"
             )
-        mask = position_mask(positions, batch=batch, seq=seq,
-                             offset=_cache_offset(kwargs, layer, seq), device=hidden.device)
-        if mask is None:
-            new = hidden + d
-        else:
-            new = hidden + mask.unsqueeze(-1).to(hidden.dtype) * d
+        mask = position_mask(
+            positions,
+            batch=batch,
+            seq=seq,
+            offset=_cache_offset(kwargs, layer, seq),
+            device=hidden.device,
+        )
+        new = hidden + d if mask is None else hidden + mask.unsqueeze(-1).to(hidden.dtype) * d
         return _retuple(output, new)
 
     return hook
@@ -242,7 +250,9 @@ def ablate(
             regs.extend((writer, _ablate_hook(unit)) for writer in _residual_writers(block))
             regs.append((block, _ablate_hook(unit)))
     else:
-        regs.extend((handle.block(layer), _ablate_hook(unit)) for layer in _resolve_layers(handle, layers))
+        regs.extend(
+            (handle.block(layer), _ablate_hook(unit)) for layer in _resolve_layers(handle, layers)
+        )
     with _hooked(regs):
         yield
 
@@ -251,7 +261,8 @@ def ablate(
 
 
 def _replace_hook(
-    layer: int, replacement: torch.Tensor | Callable[[torch.Tensor], torch.Tensor],
+    layer: int,
+    replacement: torch.Tensor | Callable[[torch.Tensor], torch.Tensor],
     positions: PositionSpec,
 ) -> HookFn:
     def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> Any:
@@ -275,8 +286,13 @@ def _replace_hook(
                     f"block output of shape {tuple(hidden.shape)}"
                 ) from exc
         new = new.to(hidden.dtype)
-        mask = position_mask(positions, batch=batch, seq=seq,
-                             offset=_cache_offset(kwargs, layer, seq), device=hidden.device)
+        mask = position_mask(
+            positions,
+            batch=batch,
+            seq=seq,
+            offset=_cache_offset(kwargs, layer, seq),
+            device=hidden.device,
+        )
         if mask is not None:
             new = torch.where(mask.unsqueeze(-1), new, hidden)
         return _retuple(output, new)

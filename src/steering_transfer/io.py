@@ -67,11 +67,15 @@ def write_text(path: str | Path, text: str) -> Path:
 def read_json(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
-        raise SteeringTransferError(f"path {str(path)!r} does not exist; check the directory you passed")
+        raise SteeringTransferError(
+            f"path {str(path)!r} does not exist; check the directory you passed"
+        )
     try:
         data = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
-        raise SteeringTransferError(f"{path} is not valid JSON ({exc}); delete it and re-create it") from exc
+        raise SteeringTransferError(
+            f"{path} is not valid JSON ({exc}); delete it and re-create it"
+        ) from exc
     if not isinstance(data, dict):
         raise SteeringTransferError(f"{path} must hold a JSON object")
     return data
@@ -92,7 +96,9 @@ def read_tensors(path: str | Path) -> dict[str, torch.Tensor]:
     """Read a safetensors file, turning corruption into a clear error."""
     path = Path(path)
     if not path.is_file():
-        raise SteeringTransferError(f"path {str(path)!r} does not exist; check the directory you passed")
+        raise SteeringTransferError(
+            f"path {str(path)!r} does not exist; check the directory you passed"
+        )
     try:
         return load_file(str(path))
     except Exception as exc:  # safetensors raises several error types for corrupt headers

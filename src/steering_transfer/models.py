@@ -152,7 +152,9 @@ class ModelHandle:
             )
         finally:
             tok.padding_side = old_side
-        return {k: v.to(self.device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
+        return {
+            k: v.to(self.device) for k, v in enc.items() if k in ("input_ids", "attention_mask")
+        }
 
 
 def wrap_model(
@@ -172,7 +174,7 @@ def _ensure_pad_token(tokenizer: PreTrainedTokenizerBase) -> None:
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
             raise SteeringTransferError(
-                "tokenizer has neither a pad nor an eos token; set tokenizer.pad_token before loading"
+                "tokenizer has neither a pad nor an eos token; set tokenizer.pad_token first"
             )
         tokenizer.pad_token = tokenizer.eos_token
 
@@ -216,7 +218,8 @@ def load_model(
     else:
         if "/" not in spec_str:
             raise SteeringTransferError(
-                f"spec={spec_str!r} is neither a packaged model ({', '.join(sorted(PACKAGED_MODELS))}), "
+                f"spec={spec_str!r} is neither a packaged model "
+                f"({', '.join(sorted(PACKAGED_MODELS))}), "
                 "an existing folder, nor a hub id of the form 'org/name'"
             )
         folder = spec_str

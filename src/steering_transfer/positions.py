@@ -57,14 +57,23 @@ def validate_positions(positions: PositionSpec, *, param: str = "positions") -> 
     try:
         ints = [int(p) for p in positions]
     except TypeError as exc:
-        raise SteeringTransferError(f"{param} has an unsupported type {type(positions).__name__}") from exc
+        raise SteeringTransferError(
+            f"{param} has an unsupported type {type(positions).__name__}"
+        ) from exc
     if not ints:
-        raise SteeringTransferError(f"{param} is an empty list; pass at least one position or 'all'")
+        raise SteeringTransferError(
+            f"{param} is an empty list; pass at least one position or 'all'"
+        )
     return ints
 
 
 def position_mask(
-    positions: PositionSpec, *, batch: int, seq: int, offset: int, device: torch.device,
+    positions: PositionSpec,
+    *,
+    batch: int,
+    seq: int,
+    offset: int,
+    device: torch.device,
     param: str = "positions",
 ) -> torch.Tensor | None:
     """Boolean mask ``(batch, seq)`` of the current chunk's positions, or None for all of them.

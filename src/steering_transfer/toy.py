@@ -44,8 +44,10 @@ def build_tokenizer(
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
         tok.decoder = decoders.ByteLevel()
         trainer = trainers.BpeTrainer(
-            vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS,
-            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
+            vocab_size=vocab_size,
+            special_tokens=SPECIAL_TOKENS,
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            show_progress=False,
         )
     elif kind == "char":
         tok = Tokenizer(models.BPE(unk_token="<unk>"))
@@ -53,8 +55,10 @@ def build_tokenizer(
         tok.decoder = decoders.ByteLevel()
         # vocab of single bytes only: every character is its own token (a different segmentation)
         trainer = trainers.BpeTrainer(
-            vocab_size=len(SPECIAL_TOKENS) + 256, special_tokens=SPECIAL_TOKENS,
-            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
+            vocab_size=len(SPECIAL_TOKENS) + 256,
+            special_tokens=SPECIAL_TOKENS,
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            show_progress=False,
         )
     elif kind == "unigram":
         tok = Tokenizer(models.Unigram())
@@ -62,14 +66,21 @@ def build_tokenizer(
         tok.pre_tokenizer = pre_tokenizers.Metaspace()
         tok.decoder = decoders.Metaspace()
         trainer = trainers.UnigramTrainer(
-            vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, unk_token="<unk>",
+            vocab_size=vocab_size,
+            special_tokens=SPECIAL_TOKENS,
+            unk_token="<unk>",
             show_progress=False,
         )
     else:
-        raise SteeringTransferError(f"kind={kind!r} is not a toy tokenizer; use bpe, char or unigram")
+        raise SteeringTransferError(
+            f"kind={kind!r} is not a toy tokenizer; use bpe, char or unigram"
+        )
     tok.train_from_iterator(corpus, trainer=trainer)
     return PreTrainedTokenizerFast(
-        tokenizer_object=tok, pad_token="<pad>", bos_token="<bos>", eos_token="<eos>",
+        tokenizer_object=tok,
+        pad_token="<pad>",
+        bos_token="<bos>",
+        eos_token="<eos>",
         unk_token="<unk>",
     )
 
@@ -97,8 +108,11 @@ def tiny_model(
         )
     extra: dict[str, object] = {}
     if family.startswith("gemma"):
-        extra = {"head_dim": hidden_size // n_heads, "sliding_window": 64,
-                 "query_pre_attn_scalar": hidden_size // n_heads}
+        extra = {
+            "head_dim": hidden_size // n_heads,
+            "sliding_window": 64,
+            "query_pre_attn_scalar": hidden_size // n_heads,
+        }
     config = AutoConfig.for_model(
         _FAMILY_TYPES[family],
         vocab_size=vocab_size,

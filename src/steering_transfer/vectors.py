@@ -91,8 +91,9 @@ class SteeringVector:
 
     def to(self, *args: Any, **kwargs: Any) -> SteeringVector:
         """Copy with the tensor moved/cast like ``Tensor.to`` (device and/or dtype)."""
-        return dataclasses.replace(self, vector=self.vector.to(*args, **kwargs),
-                                   metadata=dict(self.metadata))
+        return dataclasses.replace(
+            self, vector=self.vector.to(*args, **kwargs), metadata=dict(self.metadata)
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """The non-tensor fields (JSON-serialisable)."""
@@ -363,8 +364,15 @@ def load_gguf_control_vector(path: str | Path) -> list[SteeringVector]:
             out.append(SteeringVector.from_dict(data, vector))
         else:
             meta = {"model_hint": model_hint} if model_hint else {}
-            out.append(SteeringVector(vector=vector, model_id=f"gguf:{model_hint or 'unknown'}",
-                                      layer=layer, method="gguf", metadata=meta))
+            out.append(
+                SteeringVector(
+                    vector=vector,
+                    model_id=f"gguf:{model_hint or 'unknown'}",
+                    layer=layer,
+                    method="gguf",
+                    metadata=meta,
+                )
+            )
     if not out:
         raise SteeringTransferError(f"{path} holds no direction tensors")
     widths = {v.hidden_size for v in out}
@@ -391,15 +399,26 @@ def _encode(
     old_side = tok.padding_side
     tok.padding_side = "right"
     try:
-        enc = tok(texts, return_tensors="pt", padding=True, truncation=max_length is not None,
-                  max_length=max_length, add_special_tokens=True, return_offsets_mapping=True)
+        enc = tok(
+            texts,
+            return_tensors="pt",
+            padding=True,
+            truncation=max_length is not None,
+            max_length=max_length,
+            add_special_tokens=True,
+            return_offsets_mapping=True,
+        )
     finally:
         tok.padding_side = old_side
     return {k: enc[k] for k in ("input_ids", "attention_mask", "offset_mapping")}
 
 
 def _trigger_mask(
-    texts: list[str], trigger: str, offsets: torch.Tensor, attention: torch.Tensor, start: int,
+    texts: list[str],
+    trigger: str,
+    offsets: torch.Tensor,
+    attention: torch.Tensor,
+    start: int,
     param: str,
 ) -> torch.Tensor:
     """Tokens whose character span overlaps the first occurrence of ``trigger``."""
@@ -440,7 +459,7 @@ def _collect(
 
         starts = tqdm(starts, desc=param, total=math.ceil(len(texts) / batch_size))
     for start in starts:
-        chunk = texts[start:start + batch_size]
+        chunk = texts[start : start + batch_size]
         enc = _encode(handle, chunk, max_length, offsets=positions == "trigger")
         attention = enc["attention_mask"].to(handle.device)
         empty = (attention.sum(dim=1) == 0).nonzero().flatten().tolist()
@@ -450,8 +469,9 @@ def _collect(
             )
         if positions == "trigger":
             assert trigger is not None
-            mask = _trigger_mask(chunk, trigger, enc["offset_mapping"], enc["attention_mask"],
-                                 start, param).to(handle.device)
+            mask = _trigger_mask(
+                chunk, trigger, enc["offset_mapping"], enc["attention_mask"], start, param
+            ).to(handle.device)
         elif positions == "mean":
             mask = attention.bool()
         else:  # last non-pad token, found from the mask so any padding side would work
@@ -460,8 +480,11 @@ def _collect(
             mask = torch.zeros_like(attention, dtype=torch.bool)
             mask[torch.arange(len(chunk), device=attention.device), index] = True
         with torch.inference_mode(), capture(handle, layer, stop_forward=True) as cap:
-            handle.model(input_ids=enc["input_ids"].to(handle.device), attention_mask=attention,
-                         use_cache=False)
+            handle.model(
+                input_ids=enc["input_ids"].to(handle.device),
+                attention_mask=attention,
+                use_cache=False,
+            )
         hidden = cap[layer].double()
         # The block may sit on another device than the embeddings (device_map sharding).
         weights = mask.to(hidden.device, hidden.dtype).unsqueeze(-1)
@@ -515,8 +538,10 @@ def contrastive_activations(
     neg = check_texts(negative_texts, param="negative_texts")
     resolved = handle.layer(layer)
     common = (resolved, positions, trigger, batch_size, max_length, show_progress)
-    return (_collect(handle, pos, *common, param="positive_texts"),
-            _collect(handle, neg, *common, param="negative_texts"))
+    return (
+        _collect(handle, pos, *common, param="positive_texts"),
+        _collect(handle, neg, *common, param="negative_texts"),
+    )
 
 
 def _family_meta(handle: ModelHandle) -> dict[str, MetadataValue]:
@@ -538,13 +563,20 @@ def diff_in_means(
     pos, neg = contrastive_activations(handle, positive_texts, negative_texts, layer, **kwargs)
     vector = (pos.double().mean(dim=0) - neg.double().mean(dim=0)).float()
     meta: dict[str, MetadataValue] = {
-        "n_positive": pos.shape[0], "n_negative": neg.shape[0],
-        "positions": str(kwargs.get("positions", "last")), **_family_meta(handle),
+        "n_positive": pos.shape[0],
+        "n_negative": neg.shape[0],
+        "positions": str(kwargs.get("positions", "last")),
+        **_family_meta(handle),
     }
     if kwargs.get("trigger") is not None:
         meta["trigger"] = str(kwargs["trigger"])
-    return SteeringVector(vector=vector, model_id=handle.model_id, layer=handle.layer(layer),
-                          method="diff_in_means", metadata=meta)
+    return SteeringVector(
+        vector=vector,
+        model_id=handle.model_id,
+        layer=handle.layer(layer),
+        method="diff_in_means",
+        metadata=meta,
+    )
 
 
 def prompt_steering_vector(
@@ -572,25 +604,54 @@ def prompt_steering_vector(
     if not pairs:
         raise SteeringTransferError("prompt_pairs is empty; pass at least one (positive, negative)")
     for i, pair in enumerate(pairs):
-        if not (isinstance(pair, (tuple, list)) and len(pair) == 2
-                and all(isinstance(p, str) for p in pair)):
+        if not (
+            isinstance(pair, (tuple, list))
+            and len(pair) == 2
+            and all(isinstance(p, str) for p in pair)
+        ):
             raise SteeringTransferError(f"prompt_pairs[{i}] must be a (str, str) pair")
     resolved = handle.layer(layer)
     for name, trig in (("trigger_pos", trigger_pos), ("trigger_neg", trigger_neg)):
         if not isinstance(trig, str) or not trig:
             raise SteeringTransferError(f"{name} must be a non-empty string, got {trig!r}")
     _validate_extraction("trigger", trigger_pos, batch_size, max_length)
-    pos = _collect(handle, [p for p, _ in pairs], resolved, "trigger", trigger_pos, batch_size,
-                   max_length, show_progress, "positive prompts")
-    neg = _collect(handle, [n for _, n in pairs], resolved, "trigger", trigger_neg, batch_size,
-                   max_length, show_progress, "negative prompts")
+    pos = _collect(
+        handle,
+        [p for p, _ in pairs],
+        resolved,
+        "trigger",
+        trigger_pos,
+        batch_size,
+        max_length,
+        show_progress,
+        "positive prompts",
+    )
+    neg = _collect(
+        handle,
+        [n for _, n in pairs],
+        resolved,
+        "trigger",
+        trigger_neg,
+        batch_size,
+        max_length,
+        show_progress,
+        "negative prompts",
+    )
     vector = (pos.double() - neg.double()).mean(dim=0).float()
     meta: dict[str, MetadataValue] = {
-        "n_pairs": len(pairs), "positions": "trigger", "trigger_pos": trigger_pos,
-        "trigger_neg": trigger_neg, **_family_meta(handle),
+        "n_pairs": len(pairs),
+        "positions": "trigger",
+        "trigger_pos": trigger_pos,
+        "trigger_neg": trigger_neg,
+        **_family_meta(handle),
     }
-    return SteeringVector(vector=vector, model_id=handle.model_id, layer=resolved,
-                          method="prompt_steering", metadata=meta)
+    return SteeringVector(
+        vector=vector,
+        model_id=handle.model_id,
+        layer=resolved,
+        method="prompt_steering",
+        metadata=meta,
+    )
 
 
 def random_like(vector: SteeringVector, seed: int) -> SteeringVector:
@@ -613,8 +674,11 @@ def random_like(vector: SteeringVector, seed: int) -> SteeringVector:
     meta.update({"seed": seed, "source_method": vector.method, "norm": target_norm})
     return SteeringVector(
         vector=noise.to(device=vector.vector.device, dtype=vector.vector.dtype),
-        model_id=vector.model_id, layer=vector.layer, method="random",
-        hook_site=vector.hook_site, metadata=meta,
+        model_id=vector.model_id,
+        layer=vector.layer,
+        method="random",
+        hook_site=vector.hook_site,
+        metadata=meta,
     )
 
 
@@ -623,8 +687,10 @@ def random_like(vector: SteeringVector, seed: int) -> SteeringVector:
 
 def _map_rows(mapper: Mapper, x: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
     """Map rows in chunks (bounded memory), returning float64 on CPU."""
-    outs = [mapper.map(x[i:i + chunk]).detach().to("cpu", torch.float64)
-            for i in range(0, x.shape[0], chunk)]
+    outs = [
+        mapper.map(x[i : i + chunk]).detach().to("cpu", torch.float64)
+        for i in range(0, x.shape[0], chunk)
+    ]
     return torch.cat(outs, dim=0)
 
 
@@ -680,11 +746,18 @@ def map_vector(
             check_matrix(acts, param=name, dim=mapper.source_dim)
             check_finite(acts, param=name)
 
-    meta: dict[str, MetadataValue] = {"mapper": mapper.name or type(mapper).__name__,
-                                      "reading": reading}
+    meta: dict[str, MetadataValue] = {
+        "mapper": mapper.name or type(mapper).__name__,
+        "reading": reading,
+    }
     if source_vector is not None:
-        meta.update({"source_model_id": source_vector.model_id,
-                     "source_layer": source_vector.layer, "source_method": source_vector.method})
+        meta.update(
+            {
+                "source_model_id": source_vector.model_id,
+                "source_layer": source_vector.layer,
+                "source_method": source_vector.method,
+            }
+        )
 
     was_training = mapper.training
     mapper.eval()  # dropout etc. off: the vector must be deterministic
@@ -696,10 +769,12 @@ def map_vector(
                     "source activations from contrastive_activations); or use reading='direct' "
                     "with source_vector"
                 )
-            mapped = (_map_rows(mapper, positive_acts.float()).mean(dim=0)
-                      - _map_rows(mapper, negative_acts.float()).mean(dim=0))
-            meta.update({"n_positive": positive_acts.shape[0],
-                         "n_negative": negative_acts.shape[0]})
+            mapped = _map_rows(mapper, positive_acts.float()).mean(dim=0) - _map_rows(
+                mapper, negative_acts.float()
+            ).mean(dim=0)
+            meta.update(
+                {"n_positive": positive_acts.shape[0], "n_negative": negative_acts.shape[0]}
+            )
         else:
             if source_vector is None:
                 raise SteeringTransferError(
@@ -715,5 +790,10 @@ def map_vector(
         raise SteeringTransferError(
             f"mapper returned shape {tuple(mapped.shape)}, expected ({mapper.target_dim},)"
         )
-    return SteeringVector(vector=mapped.float(), model_id=target_model_id, layer=target_layer,
-                          method=f"mapped:{reading}", metadata=meta)
+    return SteeringVector(
+        vector=mapped.float(),
+        model_id=target_model_id,
+        layer=target_layer,
+        method=f"mapped:{reading}",
+        metadata=meta,
+    )
