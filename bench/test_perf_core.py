@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from steering_transfer import hooks
-from steering_transfer.activations import _encode_with_offsets, _forward_layer
+from steering_transfer.activations import forward_layer
 from steering_transfer.generation import generate
 from steering_transfer.models import ModelHandle
 
@@ -111,7 +111,7 @@ def _record(perf_report: Any, benchmark: Any, result: SpeedResult, **extra: Any)
 def test_extraction_throughput(
     benchmark: Any, perf_model: ModelHandle, perf_report: Any, depth: str
 ) -> None:
-    enc = _encode_with_offsets(perf_model, TEXTS, max_length=128)
+    enc = perf_model.tokenize(TEXTS, max_length=128)
     inputs = {k: enc[k] for k in ("input_ids", "attention_mask")}
     layer = perf_model.n_layers - 1 if depth == "last" else perf_model.n_layers // 3
 
@@ -120,7 +120,7 @@ def test_extraction_throughput(
             perf_model.model(**inputs, use_cache=False)
 
     def extract() -> None:
-        _forward_layer(perf_model, enc, layer)
+        forward_layer(perf_model, enc, layer)
 
     n_tokens = inputs["input_ids"].shape[1]
     ref, cand = _interleaved(plain, extract)
@@ -154,7 +154,9 @@ def test_steered_generation_overhead(
             max_new_tokens=16,
             batch_size=8,
             min_new_tokens=16,
-            intervention=lambda enc: hooks.add(perf_model, perf_model.n_layers // 2, vector, 4.0),
+            intervention=lambda prompts, enc: hooks.add(
+                perf_model, perf_model.n_layers // 2, vector, 4.0
+            ),
         )
 
     ref, cand = _interleaved(plain, steered)

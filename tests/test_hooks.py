@@ -111,13 +111,15 @@ def test_add_during_cached_generation_uses_absolute_positions(llama: ModelHandle
         llama,
         prompt,
         max_new_tokens=6,
-        intervention=lambda enc: hooks.add(llama, 1, vector, positions=FromIndex(n_prompt)),
+        intervention=lambda prompts, enc: hooks.add(
+            llama, 1, vector, positions=FromIndex(n_prompt)
+        ),
     )
     early = generate(
         llama,
         prompt,
         max_new_tokens=6,
-        intervention=lambda enc: hooks.add(llama, 1, vector, positions="all"),
+        intervention=lambda prompts, enc: hooks.add(llama, 1, vector, positions="all"),
     )
     tok = llama.tokenizer
     first = tok(plain[0], add_special_tokens=False)["input_ids"][:1]

@@ -43,32 +43,7 @@ class TokenActivations:
         return torch.nonzero(self.text_index == text, as_tuple=True)[0]
 
 
-def _encode_with_offsets(
-    handle: ModelHandle, texts: list[str], max_length: int | None
-) -> dict[str, torch.Tensor]:
-    tok = handle.tokenizer
-    if not getattr(tok, "is_fast", False):
-        raise SteeringTransferError(
-            f"the tokenizer of {handle.model_id} is not a fast tokenizer; character offsets "
-            "need one (load it with use_fast=True)"
-        )
-    old_side = tok.padding_side
-    tok.padding_side = "right"
-    try:
-        enc = tok(
-            texts,
-            return_tensors="pt",
-            padding=True,
-            truncation=max_length is not None,
-            max_length=max_length,
-            return_offsets_mapping=True,
-        )
-    finally:
-        tok.padding_side = old_side
-    return dict(enc)
-
-
-def _forward_layer(handle: ModelHandle, enc: dict[str, torch.Tensor], layer: int) -> torch.Tensor:
+def forward_layer(handle: ModelHandle, enc: dict[str, torch.Tensor], layer: int) -> torch.Tensor:
     """Output of block ``layer`` with early exit (later blocks and the LM head never run)."""
     inputs = {k: enc[k].to(handle.device) for k in ("input_ids", "attention_mask")}
     with torch.no_grad(), hooks.capture(handle, [layer], stop_forward=True) as cap:
@@ -142,8 +117,10 @@ def extract_activations(
     for shard_no, start in enumerate(
         tqdm(starts, desc=desc, disable=not show_progress, unit="batch")
     ):
-        enc = _encode_with_offsets(handle, texts[start : start + batch_size], max_length)
-        hidden = _forward_layer(handle, enc, resolved).to("cpu", torch.float32)
+        enc = handle.tokenize(
+            texts[start : start + batch_size], max_length=max_length, return_offsets=True
+        )
+        hidden = forward_layer(handle, enc, resolved).to("cpu", torch.float32)
         mask = enc["attention_mask"].bool()
         rows, cols = torch.nonzero(mask, as_tuple=True)
         shard = {

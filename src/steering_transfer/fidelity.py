@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from . import hooks
-from .activations import _encode_with_offsets, _forward_layer, shares_tokenizer
+from .activations import forward_layer, shares_tokenizer
 from .alignment import Alignment, align_by_index, align_by_offsets
 from .errors import SteeringTransferError, check_texts
 from .mappers.base import Mapper
@@ -131,9 +131,9 @@ def replacement_fidelity(
     starts = range(0, len(texts), batch_size)
     for start in tqdm(starts, desc="fidelity", disable=not show_progress, unit="batch"):
         batch = texts[start : start + batch_size]
-        src_enc = _encode_with_offsets(source, batch, max_length)
-        tgt_enc = _encode_with_offsets(target, batch, max_length)
-        src_acts = _forward_layer(source, src_enc, s_layer)
+        src_enc = source.tokenize(batch, max_length=max_length, return_offsets=True)
+        tgt_enc = target.tokenize(batch, max_length=max_length, return_offsets=True)
+        src_acts = forward_layer(source, src_enc, s_layer)
         src_pos, tgt_pos = _replacement_masks(src_enc, tgt_enc, mode, same_tok)
         ids = tgt_enc["input_ids"].to(target.device)
         attn = tgt_enc["attention_mask"].to(target.device)

@@ -12,9 +12,10 @@ from tqdm.auto import tqdm
 from .errors import SteeringTransferError, check_texts
 from .models import ModelHandle
 
-# Receives the left-padded batch encoding (input_ids, attention_mask) and returns the context
-# manager to generate under, e.g. ``lambda enc: hooks.add(h, 3, v, 4.0, positions="all")``.
-InterventionFactory = Callable[[dict[str, torch.Tensor]], AbstractContextManager[object]]
+# Receives the batch's prompts and their left-padded encoding (input_ids, attention_mask and,
+# for fast tokenizers, offset_mapping) and returns the context manager to generate under, e.g.
+# ``lambda prompts, enc: hooks.add(h, 3, v, 4.0, positions="all")``.
+InterventionFactory = Callable[[list[str], dict[str, torch.Tensor]], AbstractContextManager[object]]
 
 
 def generate(
@@ -43,11 +44,17 @@ def generate(
     starts = range(0, len(prompts), batch_size)
     for start in tqdm(starts, desc="generate", disable=not show_progress, unit="batch"):
         batch = list(prompts[start : start + batch_size])
-        enc = handle.tokenize(batch, padding_side="left", add_special_tokens=add_special_tokens)
-        context = intervention(enc) if intervention is not None else nullcontext()
+        enc = handle.tokenize(
+            batch,
+            padding_side="left",
+            add_special_tokens=add_special_tokens,
+            return_offsets=bool(getattr(tok, "is_fast", False)),
+        )
+        context = intervention(batch, enc) if intervention is not None else nullcontext()
         with torch.no_grad(), context:
             out = handle.model.generate(
-                **enc,
+                input_ids=enc["input_ids"],
+                attention_mask=enc["attention_mask"],
                 max_new_tokens=max_new_tokens,
                 do_sample=False,
                 pad_token_id=tok.pad_token_id,

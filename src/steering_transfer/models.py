@@ -136,9 +136,19 @@ class ModelHandle:
         max_length: int | None = None,
         padding_side: str = "right",
         add_special_tokens: bool = True,
+        return_offsets: bool = False,
     ) -> dict[str, torch.Tensor]:
-        """Batch-tokenize with padding on the requested side, moved to the model's device."""
+        """Batch-tokenize with padding on the requested side, moved to the model's device.
+
+        With ``return_offsets`` the result also holds ``offset_mapping`` (character spans,
+        on CPU), which needs a fast tokenizer.
+        """
         tok = self.tokenizer
+        if return_offsets and not getattr(tok, "is_fast", False):
+            raise SteeringTransferError(
+                f"the tokenizer of {self.model_id} is not a fast tokenizer; character offsets "
+                "(trigger positions, cross-tokenizer alignment) need one (use_fast=True)"
+            )
         old_side = tok.padding_side
         tok.padding_side = padding_side
         try:
@@ -149,12 +159,14 @@ class ModelHandle:
                 truncation=max_length is not None,
                 max_length=max_length,
                 add_special_tokens=add_special_tokens,
+                return_offsets_mapping=return_offsets,
             )
         finally:
             tok.padding_side = old_side
-        return {
-            k: v.to(self.device) for k, v in enc.items() if k in ("input_ids", "attention_mask")
-        }
+        out = {k: enc[k].to(self.device) for k in ("input_ids", "attention_mask")}
+        if return_offsets:
+            out["offset_mapping"] = enc["offset_mapping"].long()
+        return out
 
 
 def wrap_model(

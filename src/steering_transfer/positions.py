@@ -121,3 +121,35 @@ def position_mask(
         elif index >= 0 and offset <= index < offset + seq:
             out[:, index - offset] = True
     return out
+
+
+def trigger_mask(
+    texts: list[str],
+    trigger: str,
+    offsets: torch.Tensor,
+    attention: torch.Tensor,
+    *,
+    start: int = 0,
+    param: str = "prompts",
+) -> torch.Tensor:
+    """Mask ``(batch, seq)`` of tokens whose span overlaps the first occurrence of ``trigger``.
+
+    ``offsets`` and ``attention`` come from ``ModelHandle.tokenize(..., return_offsets=True)``
+    (any padding side); ``start`` and ``param`` only make error messages point at the input.
+    """
+    mask = torch.zeros(attention.shape, dtype=torch.bool)
+    for row, text in enumerate(texts):
+        begin = text.find(trigger)
+        if begin < 0:
+            raise SteeringTransferError(
+                f"trigger {trigger!r} does not occur in {param}[{start + row}]: {text[:80]!r}"
+            )
+        end = begin + len(trigger)
+        s, e = offsets[row, :, 0], offsets[row, :, 1]
+        mask[row] = (s < end) & (e > begin) & (e > s) & attention[row].bool().cpu()
+        if not bool(mask[row].any()):
+            raise SteeringTransferError(
+                f"trigger {trigger!r} in {param}[{start + row}] maps to no token (truncated by "
+                "max_length?); raise max_length or move the trigger earlier"
+            )
+    return mask

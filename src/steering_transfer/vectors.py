@@ -18,11 +18,12 @@ from typing import Any, Literal
 
 import torch
 
+from .activations import forward_layer
 from .errors import SteeringTransferError, check_finite, check_matrix, check_texts
-from .hooks import capture
 from .io import atomic_path, write_tensors
 from .mappers.base import Mapper
 from .models import ModelHandle
+from .positions import trigger_mask
 
 FORMAT_VERSION = 1
 HOOK_SITES = ("block_output",)
@@ -384,62 +385,6 @@ def load_gguf_control_vector(path: str | Path) -> list[SteeringVector]:
 # ------------------------------------------------------------------------------------ extraction
 
 
-def _encode(
-    handle: ModelHandle, texts: list[str], max_length: int | None, offsets: bool
-) -> dict[str, torch.Tensor]:
-    """Right-padded batch; with ``offsets`` also the character spans (fast tokenizers only)."""
-    if not offsets:
-        return handle.tokenize(texts, max_length=max_length, padding_side="right")
-    tok = handle.tokenizer
-    if not getattr(tok, "is_fast", False):
-        raise SteeringTransferError(
-            "positions='trigger' needs a fast tokenizer (character offsets); load the model "
-            "with a tokenizers-backed tokenizer"
-        )
-    old_side = tok.padding_side
-    tok.padding_side = "right"
-    try:
-        enc = tok(
-            texts,
-            return_tensors="pt",
-            padding=True,
-            truncation=max_length is not None,
-            max_length=max_length,
-            add_special_tokens=True,
-            return_offsets_mapping=True,
-        )
-    finally:
-        tok.padding_side = old_side
-    return {k: enc[k] for k in ("input_ids", "attention_mask", "offset_mapping")}
-
-
-def _trigger_mask(
-    texts: list[str],
-    trigger: str,
-    offsets: torch.Tensor,
-    attention: torch.Tensor,
-    start: int,
-    param: str,
-) -> torch.Tensor:
-    """Tokens whose character span overlaps the first occurrence of ``trigger``."""
-    mask = torch.zeros(attention.shape, dtype=torch.bool)
-    for row, text in enumerate(texts):
-        begin = text.find(trigger)
-        if begin < 0:
-            raise SteeringTransferError(
-                f"trigger {trigger!r} does not occur in {param}[{start + row}]: {text[:80]!r}"
-            )
-        end = begin + len(trigger)
-        s, e = offsets[row, :, 0], offsets[row, :, 1]
-        mask[row] = (s < end) & (e > begin) & (e > s) & attention[row].bool().cpu()
-        if not bool(mask[row].any()):
-            raise SteeringTransferError(
-                f"trigger {trigger!r} in {param}[{start + row}] maps to no token (truncated by "
-                "max_length?); raise max_length or move the trigger earlier"
-            )
-    return mask
-
-
 def _collect(
     handle: ModelHandle,
     texts: list[str],
@@ -460,7 +405,7 @@ def _collect(
         starts = tqdm(starts, desc=param, total=math.ceil(len(texts) / batch_size))
     for start in starts:
         chunk = texts[start : start + batch_size]
-        enc = _encode(handle, chunk, max_length, offsets=positions == "trigger")
+        enc = handle.tokenize(chunk, max_length=max_length, return_offsets=positions == "trigger")
         attention = enc["attention_mask"].to(handle.device)
         empty = (attention.sum(dim=1) == 0).nonzero().flatten().tolist()
         if empty:
@@ -469,8 +414,13 @@ def _collect(
             )
         if positions == "trigger":
             assert trigger is not None
-            mask = _trigger_mask(
-                chunk, trigger, enc["offset_mapping"], enc["attention_mask"], start, param
+            mask = trigger_mask(
+                chunk,
+                trigger,
+                enc["offset_mapping"],
+                enc["attention_mask"],
+                start=start,
+                param=param,
             ).to(handle.device)
         elif positions == "mean":
             mask = attention.bool()
@@ -479,13 +429,7 @@ def _collect(
             index = (attention * torch.arange(1, seq + 1, device=attention.device)).argmax(dim=1)
             mask = torch.zeros_like(attention, dtype=torch.bool)
             mask[torch.arange(len(chunk), device=attention.device), index] = True
-        with torch.inference_mode(), capture(handle, layer, stop_forward=True) as cap:
-            handle.model(
-                input_ids=enc["input_ids"].to(handle.device),
-                attention_mask=attention,
-                use_cache=False,
-            )
-        hidden = cap[layer].double()
+        hidden = forward_layer(handle, enc, layer).double()
         # The block may sit on another device than the embeddings (device_map sharding).
         weights = mask.to(hidden.device, hidden.dtype).unsqueeze(-1)
         reduced = (hidden * weights).sum(dim=1) / weights.sum(dim=1)

@@ -1,0 +1,374 @@
+"""Mapper architectures: recovery of known maps, persistence, determinism and input errors."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from steering_transfer.errors import SteeringTransferError
+from steering_transfer.mappers import (
+    AutoencoderConfig,
+    Mapper,
+    available_mappers,
+    create_mapper,
+    load_mapper,
+)
+from steering_transfer.mappers.affine import compute_moments
+from steering_transfer.mappers.base import CONFIG_FILE, WEIGHTS_FILE
+from steering_transfer.metrics import fvu, mse
+
+#: Cheap hyperparameters per architecture for the generic (parametrized) tests.
+FAST: dict[str, dict[str, Any]] = {
+    "autoencoder": {"max_epochs": 2, "batch_size": 64, "hidden_dim": 8, "lr": 1e-2},
+    "lowrank": {"rank": 3},
+}
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """Iterative fits run thousands of tiny ops; with 2 OpenMP threads on a busy 2-core box each
+    op can stall on a descheduled worker (measured: 0.17 s with 1 thread vs up to 17 s with 2
+    for the same autoencoder fit). Restores the thread count afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def make_linear_data(
+    n: int, d_s: int, d_t: int, *, seed: int = 0, rank: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Source with a large offset and anisotropic scales (like residual streams), exact map."""
+    gen = torch.Generator().manual_seed(seed)
+    scales = torch.logspace(-0.5, 0.5, d_s)
+    x = torch.randn(n, d_s, generator=gen) * scales + 3.0
+    if rank is None:
+        weight = torch.randn(d_t, d_s, generator=gen) / math.sqrt(d_s)
+    else:
+        weight = torch.randn(d_t, rank, generator=gen) @ torch.randn(rank, d_s, generator=gen)
+        weight /= math.sqrt(d_s * rank)
+    bias = torch.randn(d_t, generator=gen)
+    return x, x @ weight.T + bias, weight, bias
+
+
+def fitted(name: str, d_s: int = 6, d_t: int = 8, n: int = 256) -> tuple[Mapper, torch.Tensor]:
+    x, y, _, _ = make_linear_data(n, d_s, d_t)
+    mapper = create_mapper(name, d_s, d_t, **FAST.get(name, {}))
+    mapper.fit(x, y, show_progress=False)
+    return mapper, x
+
+
+def test_builtin_mappers_are_registered() -> None:
+    assert {"affine", "autoencoder", "lowrank", "procrustes"} <= set(available_mappers())
+
+
+# ------------------------------------------------------------------------------------ affine
+
+
+def test_affine_closed_form_recovers_linear_map() -> None:
+    x, y, weight, bias = make_linear_data(3000, 24, 32)
+    mapper = create_mapper("affine", 24, 32)
+    report = mapper.fit(x, y, show_progress=False)
+    assert report.n_train == 3000
+    assert float(fvu(mapper.map(x), y)) < 1e-4  # measured ~1e-14
+    assert torch.allclose(mapper.linear.weight, weight, atol=1e-4)
+    assert torch.allclose(mapper.linear.bias, bias, atol=1e-4)
+
+
+def test_moments_do_not_depend_on_chunking() -> None:
+    x, y, _, _ = make_linear_data(1000, 5, 7)
+    a = compute_moments(x, y, chunk_rows=97)  # 1000 is not a multiple of 97
+    b = compute_moments(x, y, chunk_rows=10_000)
+    assert a.xx is not None and b.xx is not None
+    for u, v in ((a.mean_x, b.mean_x), (a.xx, b.xx), (a.xy, b.xy)):
+        assert torch.allclose(u, v, rtol=1e-10, atol=1e-12)
+    assert a.var_x == pytest.approx(b.var_x, rel=1e-10)
+
+
+def test_affine_ridge_shrinks_weights_but_not_the_bias() -> None:
+    x, y, _, _ = make_linear_data(500, 6, 4)
+    plain = create_mapper("affine", 6, 4)
+    plain.fit(x, y, show_progress=False)
+    strong = create_mapper("affine", 6, 4, ridge=1e8)
+    strong.fit(x, y, show_progress=False)
+    assert strong.linear.weight.abs().max() < 1e-6
+    # With W ~ 0 an unpenalised bias is the target mean.
+    assert torch.allclose(strong.linear.bias, y.mean(0), atol=1e-4)
+    mild = create_mapper("affine", 6, 4, ridge=0.1)
+    mild.fit(x, y, show_progress=False)
+    assert mild.linear.weight.norm() < plain.linear.weight.norm()
+
+
+def test_affine_singular_inputs_fall_back_to_min_norm() -> None:
+    x, _, _, _ = make_linear_data(400, 6, 5)
+    x = torch.cat([x, torch.full((400, 1), 2.0), x[:, :1]], dim=1)  # constant + duplicate column
+    gen = torch.Generator().manual_seed(1)
+    y = x @ torch.randn(5, 8, generator=gen).T
+    mapper = create_mapper("affine", 8, 5)
+    mapper.fit(x, y, show_progress=False)
+    assert torch.isfinite(mapper.linear.weight).all()
+    assert float(fvu(mapper.map(x), y)) < 1e-8
+    # Minimum-norm solution: nothing on the constant column, the duplicate pair split evenly.
+    assert mapper.linear.weight[:, 6].abs().max() < 1e-5
+    assert torch.allclose(mapper.linear.weight[:, 0], mapper.linear.weight[:, 7], atol=1e-4)
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_affine_sgd_solver_approaches_closed_form() -> None:
+    x, y, _, _ = make_linear_data(1024, 8, 6)
+    mapper = create_mapper(
+        "affine", 8, 6, solver="sgd", lr=2e-2, batch_size=64, max_epochs=15, patience=3
+    )
+    report = mapper.fit(x, y, show_progress=False)
+    assert report.n_val == 102 and report.n_train == 922
+    assert len(report.val_loss) == len(report.train_loss) == report.epochs
+    # Measured FVU ~7e-6 (15 epochs, no noise); the closed form is ~1e-14.
+    assert float(fvu(mapper.map(x), y)) < 1e-3
+
+
+# -------------------------------------------------------------------------------- procrustes
+
+
+@pytest.mark.parametrize(("d_s", "d_t"), [(12, 16), (10, 10)])
+def test_procrustes_recovers_rotation_and_scale(d_s: int, d_t: int) -> None:
+    gen = torch.Generator().manual_seed(2)
+    q, _ = torch.linalg.qr(torch.randn(d_t, d_t, generator=gen, dtype=torch.float64))
+    rotation = q[:, :d_s]  # orthonormal columns
+    x = torch.randn(2000, d_s, generator=gen) * torch.linspace(0.5, 2.0, d_s) + 1.5
+    offset = torch.randn(d_t, generator=gen)
+    y = (2.5 * (x.double() - 1.5) @ rotation.T).float() + offset
+    mapper = create_mapper("procrustes", d_s, d_t)
+    mapper.fit(x, y, show_progress=False)
+    assert torch.allclose(mapper.rotation.double(), rotation, atol=1e-5)
+    assert float(mapper.target_scale / mapper.source_scale) == pytest.approx(2.5, rel=1e-5)
+    assert torch.allclose(mapper.map(x), y, atol=1e-4)
+    eye = torch.eye(d_s)
+    assert torch.allclose(mapper.rotation.T @ mapper.rotation, eye, atol=1e-5)
+
+
+def test_procrustes_wide_to_narrow_is_row_orthonormal() -> None:
+    x, y, _, _ = make_linear_data(500, 10, 4)
+    mapper = create_mapper("procrustes", 10, 4)
+    mapper.fit(x, y, show_progress=False)
+    assert torch.allclose(mapper.rotation @ mapper.rotation.T, torch.eye(4), atol=1e-5)
+
+
+def test_procrustes_constant_source_raises() -> None:
+    mapper = create_mapper("procrustes", 3, 3)
+    with pytest.raises(SteeringTransferError, match="source has zero variance"):
+        mapper.fit(torch.ones(10, 3), torch.randn(10, 3), show_progress=False)
+
+
+# ----------------------------------------------------------------------------------- lowrank
+
+
+def test_lowrank_recovers_rank_r_map() -> None:
+    x, y, weight, _ = make_linear_data(2000, 16, 20, rank=3)
+    mapper = create_mapper("lowrank", 16, 20, rank=3)
+    mapper.fit(x, y, show_progress=False)
+    assert float(fvu(mapper.map(x), y)) < 1e-8  # measured ~1e-14
+    product = mapper.up.weight @ mapper.down.weight
+    assert int(torch.linalg.matrix_rank(product.double(), rtol=1e-6)) == 3
+    assert torch.allclose(product, weight, atol=1e-4)
+
+
+def test_lowrank_truncation_beats_nothing_and_full_rank_matches_affine() -> None:
+    x, y, _, _ = make_linear_data(1500, 8, 10)
+    y = y + 0.1 * torch.randn(y.shape, generator=torch.Generator().manual_seed(3))
+    errors = []
+    for rank in (1, 4, 8):
+        mapper = create_mapper("lowrank", 8, 10, rank=rank, ridge=0.01)
+        mapper.fit(x, y, show_progress=False)
+        errors.append(float(fvu(mapper.map(x), y)))
+    assert errors[0] > errors[1] > errors[2]
+    affine = create_mapper("affine", 8, 10, ridge=0.01)
+    affine.fit(x, y, show_progress=False)
+    assert errors[2] == pytest.approx(float(fvu(affine.map(x), y)), rel=1e-4)
+
+
+# ------------------------------------------------------------------------------- autoencoder
+
+
+def test_autoencoder_default_hidden_dim_matches_paper() -> None:
+    # Paper: Qwen 0.5B -> 1.5B gives h = 1173; Llama 1B -> 3B gives h = 2508.
+    assert AutoencoderConfig(source_dim=896, target_dim=1536).hidden_dim == 1173
+    assert AutoencoderConfig(source_dim=2048, target_dim=3072).hidden_dim == 2508
+
+
+def test_autoencoder_state_dict_layout_matches_paper() -> None:
+    mapper = create_mapper("autoencoder", 6, 8)
+    assert set(mapper.state_dict()) == {
+        "encoder.0.weight", "encoder.0.bias", "decoder.weight", "decoder.bias",
+    }
+    assert mapper.encoder[0].out_features == math.isqrt(48)
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_autoencoder_learns_mildly_nonlinear_map() -> None:
+    x, y, _, _ = make_linear_data(1024, 8, 12)
+    gen = torch.Generator().manual_seed(4)
+    y = y + 0.3 * torch.tanh((x - 3.0) @ torch.randn(8, 12, generator=gen) / 3)
+    mapper = create_mapper(
+        "autoencoder", 8, 12, hidden_dim=32, lr=2e-2, batch_size=64, max_epochs=15
+    )
+    report = mapper.fit(x, y, show_progress=False)
+    assert report.epochs <= 15 and report.n_val == 102
+    assert min(report.val_loss) < report.val_loss[0]
+    # Measured FVU 0.0034 with these settings; the threshold leaves ~6x margin.
+    assert float(fvu(mapper.map(x), y)) < 0.02
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_autoencoder_same_seed_is_bitwise_identical_and_leaves_global_rng() -> None:
+    x, y, _, _ = make_linear_data(300, 6, 8)
+    kwargs = {**FAST["autoencoder"], "max_epochs": 3}
+    rng_before = torch.random.get_rng_state()
+    a = create_mapper("autoencoder", 6, 8, seed=7, **kwargs)
+    a.fit(x, y, show_progress=False)
+    b = create_mapper("autoencoder", 6, 8, seed=7, **kwargs)
+    b.fit(x, y, show_progress=False)
+    assert torch.equal(rng_before, torch.random.get_rng_state())
+    for key, value in a.state_dict().items():
+        assert torch.equal(value, b.state_dict()[key]), key
+    c = create_mapper("autoencoder", 6, 8, seed=8, **kwargs)
+    c.fit(x, y, show_progress=False)
+    assert not torch.equal(a.decoder.weight, c.decoder.weight)
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_autoencoder_early_stopping_restores_best_epoch() -> None:
+    x, y, _, _ = make_linear_data(400, 6, 8)
+    # A far too large learning rate makes the validation loss bounce, so patience triggers.
+    mapper = create_mapper(
+        "autoencoder", 6, 8, lr=0.5, batch_size=32, max_epochs=40, patience=2,
+        standardize=False,
+    )
+    report = mapper.fit(x, y, show_progress=False)
+    assert report.stopped_early
+    assert report.epochs < 40
+    best = report.val_loss.index(min(report.val_loss))
+    assert best == report.epochs - 1 - 2  # the last `patience` epochs did not improve
+    # The returned weights are the best epoch's: rebuild the seeded split (seed + 1, as in
+    # train_mse) and check the final model's validation MSE equals the best recorded one.
+    perm = torch.randperm(400, generator=torch.Generator().manual_seed(1))
+    val_rows = perm[: report.n_val]
+    assert float(mse(mapper.map(x[val_rows]), y[val_rows])) == pytest.approx(
+        min(report.val_loss), rel=1e-5
+    )
+
+
+# --------------------------------------------------------------------- every registered mapper
+
+
+@pytest.mark.usefixtures("one_thread")
+@pytest.mark.parametrize("name", available_mappers())
+def test_save_load_round_trip_is_bitwise(name: str, tmp_path: Path) -> None:
+    mapper, x = fitted(name)
+    mapper.save(tmp_path)
+    loaded = load_mapper(tmp_path, source_dim=6, target_dim=8)
+    assert type(loaded) is type(mapper)
+    assert loaded.config == mapper.config
+    assert loaded.fit_report == mapper.fit_report
+    original, restored = mapper.state_dict(), loaded.state_dict()
+    assert set(original) == set(restored)
+    for key, value in original.items():
+        assert restored[key].dtype == value.dtype
+        assert torch.equal(restored[key], value), key
+    assert torch.equal(loaded.map(x), mapper.map(x))
+
+
+@pytest.mark.usefixtures("one_thread")
+@pytest.mark.parametrize("name", available_mappers())
+def test_map_keeps_leading_dims_and_dtype(name: str) -> None:
+    mapper, x = fitted(name)
+    batch = x[:10].reshape(2, 5, 6).double()
+    out = mapper.map(batch)
+    assert out.shape == (2, 5, 8) and out.dtype == torch.float64
+    assert torch.allclose(out.reshape(10, 8).float(), mapper.map(x[:10]), atol=1e-5)
+
+
+# -------------------------------------------------------------------------------- bad inputs
+
+
+def test_unknown_mapper_lists_known_ones() -> None:
+    with pytest.raises(SteeringTransferError, match=r"unknown mapper 'nope'.*affine.*procrustes"):
+        create_mapper("nope", 4, 4)
+
+
+def test_fit_rejects_wrong_source_dim() -> None:
+    mapper = create_mapper("affine", 4, 3)
+    with pytest.raises(SteeringTransferError, match="source has hidden size 5 but 4"):
+        mapper.fit(torch.randn(10, 5), torch.randn(10, 3), show_progress=False)
+    with pytest.raises(SteeringTransferError, match="expects last dimension 4"):
+        mapper.map(torch.randn(2, 5))
+
+
+def test_fit_rejects_mismatched_rows() -> None:
+    mapper = create_mapper("affine", 4, 3)
+    with pytest.raises(SteeringTransferError, match="source has 10 rows but target has 9"):
+        mapper.fit(torch.randn(10, 4), torch.randn(9, 3), show_progress=False)
+
+
+def test_fit_rejects_nan_source() -> None:
+    x = torch.randn(10, 4)
+    x[3, 1] = float("nan")
+    mapper = create_mapper("lowrank", 4, 3, rank=2)
+    with pytest.raises(SteeringTransferError, match="source contains 1 NaN"):
+        mapper.fit(x, torch.randn(10, 3), show_progress=False)
+
+
+def test_load_rejects_wrong_expected_dims(tmp_path: Path) -> None:
+    mapper, _ = fitted("affine")
+    mapper.save(tmp_path)
+    with pytest.raises(SteeringTransferError, match="source_dim=6 but 7 was expected"):
+        load_mapper(tmp_path, source_dim=7)
+    with pytest.raises(SteeringTransferError, match="target_dim=8 but 9 was expected"):
+        load_mapper(tmp_path, target_dim=9)
+
+
+def test_load_rejects_corrupt_weights(tmp_path: Path) -> None:
+    mapper, _ = fitted("procrustes")
+    mapper.save(tmp_path)
+    (tmp_path / WEIGHTS_FILE).write_bytes(b"\x00garbage, not safetensors\xff" * 3)
+    with pytest.raises(SteeringTransferError, match=r"mapper\.safetensors is not a readable"):
+        load_mapper(tmp_path)
+
+
+def test_unknown_config_field_is_named(tmp_path: Path) -> None:
+    with pytest.raises(SteeringTransferError, match=r"unknown AffineConfig fields \['bogus'\]"):
+        create_mapper("affine", 4, 4, bogus=1)
+    mapper, _ = fitted("affine")
+    mapper.save(tmp_path)
+    meta = json.loads((tmp_path / CONFIG_FILE).read_text())
+    meta["config"]["hiden_dim"] = 3
+    (tmp_path / CONFIG_FILE).write_text(json.dumps(meta))
+    with pytest.raises(SteeringTransferError, match="hiden_dim"):
+        load_mapper(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("name", "kwargs", "param"),
+    [
+        ("affine", {"ridge": -1.0}, "ridge"),
+        ("affine", {"solver": "newton"}, "solver"),
+        ("affine", {"solver": "sgd", "ridge": 0.1}, "ridge"),
+        ("lowrank", {"rank": 5}, "rank"),
+        ("lowrank", {"rank": 0}, "rank"),
+        ("autoencoder", {"val_fraction": 1.0}, "val_fraction"),
+        ("autoencoder", {"hidden_dim": 0}, "hidden_dim"),
+        ("autoencoder", {"lr": 0.0}, "lr"),
+        ("autoencoder", {"batch_size": 1.5}, "batch_size"),
+        ("autoencoder", {"patience": 0}, "patience"),
+    ],
+)
+def test_bad_hyperparameters_name_the_field(
+    name: str, kwargs: dict[str, Any], param: str
+) -> None:
+    with pytest.raises(SteeringTransferError, match=rf"^{param} (must|only)"):
+        create_mapper(name, 4, 5, **kwargs)
