@@ -128,7 +128,7 @@ def test_affine_sgd_solver_approaches_closed_form() -> None:
     report = mapper.fit(x, y, show_progress=False)
     assert report.n_val == 102 and report.n_train == 922
     assert len(report.val_loss) == len(report.train_loss) == report.epochs
-    # Measured FVU ~7e-6 (15 epochs, no noise); the closed form is ~1e-14.
+    # Measured FVU 2.1e-5 (15 epochs, no noise); the closed form gets ~2e-14.
     assert float(fvu(mapper.map(x), y)) < 1e-3
 
 
@@ -220,7 +220,7 @@ def test_autoencoder_learns_mildly_nonlinear_map() -> None:
     report = mapper.fit(x, y, show_progress=False)
     assert report.epochs <= 15 and report.n_val == 102
     assert min(report.val_loss) < report.val_loss[0]
-    # Measured FVU 0.0034 with these settings; the threshold leaves ~6x margin.
+    # Measured FVU 0.0023 (the closed-form affine gets 0.0022 on this map); ~9x margin.
     assert float(fvu(mapper.map(x), y)) < 0.02
 
 

