@@ -1,0 +1,223 @@
+"""A small, deterministic causal-LM fine-tuning loop for building model organisms.
+
+Why not ``transformers.Trainer``: we need bitwise-reproducible runs on CPU (batch order from a
+local ``torch.Generator``, no global RNG, no dataloader workers), token-weighted losses across
+gradient-accumulation micro-batches (so padding never changes the objective), and a hook to
+stop a run midway in tests. Thread counts are left to the caller.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from .errors import SteeringTransferError
+
+LossOn = Literal["all", "response"]
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """Token ids of one training text and how many of them belong to the prompt."""
+
+    input_ids: tuple[int, ...]
+    n_prompt: int
+
+
+def encode_pairs(
+    tokenizer: Any,
+    pairs: Sequence[tuple[str, str]],
+    *,
+    add_special_tokens: bool = True,
+    max_length: int | None = None,
+) -> list[Encoded]:
+    """Tokenize ``(prompt_text, full_text)`` pairs; prompt tokens are found by character offset.
+
+    Using offsets (not a separate tokenization of the prompt) stays correct when a merge
+    crosses the prompt/answer boundary.
+    """
+    out = []
+    for head, full in pairs:
+        if not full.startswith(head):
+            raise SteeringTransferError(
+                "each pair must be (prompt_text, full_text) with full_text starting with "
+                f"prompt_text; got prompt {head[:40]!r}..."
+            )
+        enc = tokenizer(
+            full, add_special_tokens=add_special_tokens, return_offsets_mapping=True,
+            truncation=max_length is not None, max_length=max_length,
+        )
+        ids = list(enc["input_ids"])
+        # the answer starts at the first token whose text starts at or after the prompt's end;
+        # tokens added by the post-processor (e.g. BOS) have (0, 0) offsets and count as prompt
+        n_prompt = len(ids)
+        for i, (start, end) in enumerate(enc["offset_mapping"]):
+            if start >= len(head) and end > 0:
+                n_prompt = i
+                break
+        out.append(Encoded(input_ids=tuple(ids), n_prompt=max(1, min(n_prompt, len(ids) - 1))))
+    return out
+
+
+def collate(
+    batch: Sequence[Encoded], pad_token_id: int, loss_on: LossOn = "all"
+) -> dict[str, torch.Tensor]:
+    """Right-padded ``input_ids``, ``attention_mask`` and ``labels`` (-100 where no loss)."""
+    width = max(len(e.input_ids) for e in batch)
+    ids = torch.full((len(batch), width), pad_token_id, dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    labels = torch.full((len(batch), width), -100, dtype=torch.long)
+    for row, ex in enumerate(batch):
+        n = len(ex.input_ids)
+        ids[row, :n] = torch.tensor(ex.input_ids)
+        mask[row, :n] = 1
+        labels[row, :n] = ids[row, :n]
+        if loss_on == "response":
+            labels[row, : ex.n_prompt] = -100
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def _token_loss_sum(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
+    """Summed next-token NLL over labelled positions and their count."""
+    device = next(model.parameters()).device
+    out = model(
+        input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)
+    )
+    logits = out.logits[:, :-1].float()
+    target = batch["labels"][:, 1:].to(device)
+    loss = F.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=-100,
+        reduction="sum",
+    )
+    return loss, int((target != -100).sum())
+
+
+@dataclass
+class TrainResult:
+    """What a run did: per-step losses and wall time."""
+
+    losses: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+    steps: int = 0
+
+
+def train_causal_lm(
+    model: nn.Module,
+    examples: Sequence[Encoded],
+    *,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+    pad_token_id: int,
+    micro_batch_size: int | None = None,
+    loss_on: LossOn = "all",
+    warmup_steps: int = 10,
+    min_lr_ratio: float = 0.05,
+    weight_decay: float = 0.0,
+    grad_clip: float = 1.0,
+    parameters: Sequence[nn.Parameter] | None = None,
+    progress: bool = True,
+    desc: str = "train",
+    on_step: Callable[[int, float], None] | None = None,
+) -> TrainResult:
+    """AdamW with linear warmup and linear decay; batches drawn by epoch permutations of a
+    local generator seeded with ``seed``, so the same inputs give bitwise-identical weights."""
+    if steps < 1:
+        raise SteeringTransferError(f"steps must be >= 1, got {steps}")
+    if batch_size < 1:
+        raise SteeringTransferError(f"batch_size must be >= 1, got {batch_size}")
+    if not examples:
+        raise SteeringTransferError("examples is empty; pass at least one encoded training text")
+    if loss_on not in ("all", "response"):
+        raise SteeringTransferError(f"loss_on={loss_on!r} must be 'all' or 'response'")
+    micro = micro_batch_size or batch_size
+    params = list(parameters) if parameters is not None else [
+        p for p in model.parameters() if p.requires_grad
+    ]
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+
+    def schedule(step: int) -> float:
+        warm = min(1.0, (step + 1) / max(1, warmup_steps))
+        decay = max(min_lr_ratio, 1.0 - step / steps)
+        return warm * decay
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    generator = torch.Generator().manual_seed(seed)
+    order: list[int] = []
+    result = TrainResult()
+    model.train()
+    start = time.perf_counter()
+    bar = tqdm(range(steps), desc=desc, disable=not progress, unit="step", leave=False)
+    try:
+        for step in bar:
+            batch_idx: list[int] = []
+            while len(batch_idx) < batch_size:
+                if not order:
+                    order = torch.randperm(len(examples), generator=generator).tolist()
+                batch_idx.append(order.pop())
+            batch = [examples[i] for i in batch_idx]
+            chunks = [
+                collate(batch[lo : lo + micro], pad_token_id, loss_on)
+                for lo in range(0, len(batch), micro)
+            ]
+            n_tokens = sum(int((c["labels"][:, 1:] != -100).sum()) for c in chunks)
+            total = 0.0
+            for enc in chunks:
+                loss_sum, _ = _token_loss_sum(model, enc)
+                (loss_sum / max(1, n_tokens)).backward()
+                total += float(loss_sum.detach())
+            if grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(params, grad_clip)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            loss_value = total / max(1, n_tokens)
+            if not math.isfinite(loss_value):
+                raise SteeringTransferError(
+                    f"training loss became {loss_value} at step {step}; lower lr (now {lr})"
+                )
+            result.losses.append(loss_value)
+            result.steps = step + 1
+            bar.set_postfix(loss=f"{loss_value:.3f}")
+            if on_step is not None:
+                on_step(step, loss_value)
+    finally:
+        bar.close()
+        model.eval()
+        result.seconds = time.perf_counter() - start
+    return result
+
+
+@torch.no_grad()
+def mean_token_loss(
+    model: nn.Module,
+    examples: Sequence[Encoded],
+    *,
+    pad_token_id: int,
+    batch_size: int = 8,
+    loss_on: LossOn = "all",
+) -> float:
+    """Token-weighted mean next-token NLL (nats) over ``examples``."""
+    if not examples:
+        raise SteeringTransferError("examples is empty; pass at least one encoded text")
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    try:
+        for lo in range(0, len(examples), batch_size):
+            enc = collate(examples[lo : lo + batch_size], pad_token_id, loss_on)
+            loss_sum, n = _token_loss_sum(model, enc)
+            total += float(loss_sum)
+            count += n
+    finally:
+        model.train(was_training)
+    return total / max(1, count)
