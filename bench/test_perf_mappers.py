@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from steering_transfer.mappers import create_mapper
+from steering_transfer.metrics import fvu
 
 N_TOKENS, SOURCE_DIM, TARGET_DIM = 100_000, 576, 640
 
@@ -35,5 +36,7 @@ def test_affine_closed_form_fit_100k(
     benchmark.extra_info["mean_seconds"] = benchmark.stats.stats.mean
     benchmark.extra_info["n_tokens"] = N_TOKENS
     benchmark.extra_info["threads"] = torch.get_num_threads()
-    # Correctness guard (not a timing assertion): noise 0.1 on unit-scale outputs.
+    # Sanity only (no timing assertion): the fit saw every row and recovered the map.
     assert mapper.fit_report is not None and mapper.fit_report.n_train == N_TOKENS
+    sample = source[:2000]
+    assert float(fvu(mapper.map(sample), target[:2000])) < 0.05

@@ -231,7 +231,10 @@ def train_mse(
         if n_val:
             val_curve.append(val_loss())
         monitored = val_curve[-1] if n_val else train_curve[-1]
-        bar.set_postfix(train=f"{train_curve[-1]:.4g}", val=f"{monitored:.4g}")
+        postfix = {"train": f"{train_curve[-1]:.4g}"}
+        if n_val:
+            postfix["val"] = f"{val_curve[-1]:.4g}"
+        bar.set_postfix(postfix)
         if not math.isfinite(monitored):
             raise SteeringTransferError(
                 f"training diverged (loss {monitored}); lower lr (currently {config.lr})"

@@ -200,9 +200,7 @@ class Baseline:
         return None if row is None else row.record
 
     def compare(self, record: Record) -> Comparison:
-        return compare(
-            record, self.lookup(record), tolerance=self.tolerance, source=str(self.path)
-        )
+        return compare(record, self.lookup(record), tolerance=self.tolerance, source=str(self.path))
 
     def check(self, record: Record) -> Comparison:
         comparison = self.compare(record)

