@@ -77,6 +77,12 @@ def _load_cached(directory: Path, handle: ModelHandle, layer: int) -> TokenActiv
             parts.setdefault(key, []).append(value)
     if not parts:
         return None
+    return _concatenate(parts, handle, layer)
+
+
+def _concatenate(
+    parts: dict[str, list[torch.Tensor]], handle: ModelHandle, layer: int
+) -> TokenActivations:
     return TokenActivations(
         acts=torch.cat(parts["acts"]),
         text_index=torch.cat(parts["text_index"]),
@@ -148,14 +154,7 @@ def extract_activations(
                 "shards": shards,
             },
         )
-    return TokenActivations(
-        acts=torch.cat(parts["acts"]),
-        text_index=torch.cat(parts["text_index"]),
-        token_index=torch.cat(parts["token_index"]),
-        offsets=torch.cat(parts["offsets"]),
-        model_id=handle.model_id,
-        layer=resolved,
-    )
+    return _concatenate(parts, handle, resolved)
 
 
 @dataclass

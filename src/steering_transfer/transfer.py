@@ -10,7 +10,6 @@ norm, and for fidelity the mean-ablation baseline.
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
@@ -21,6 +20,7 @@ import torch
 
 from . import hooks
 from .activations import extract_paired
+from .config import DictConfig
 from .errors import SteeringTransferError
 from .fidelity import FidelityResult, replacement_fidelity
 from .generation import generate
@@ -33,7 +33,7 @@ from .vectors import SteeringVector, map_vector, position_activations, random_li
 
 
 @dataclass
-class TransferConfig:
+class TransferConfig(DictConfig):
     """Everything that decides a cell's numbers (recorded beside them)."""
 
     source_layer: int
@@ -50,17 +50,6 @@ class TransferConfig:
     batch_size: int = 16
     max_length: int = 192
     alignment: str = "auto"
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TransferConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise SteeringTransferError(f"unknown TransferConfig fields {unknown}")
-        return cls(**data)
 
 
 @dataclass

@@ -18,6 +18,7 @@ from typing import Any, ClassVar, TypeVar
 import torch
 from torch import nn
 
+from steering_transfer.config import DictConfig
 from steering_transfer.errors import SteeringTransferError, check_finite, check_matrix
 from steering_transfer.io import read_json, read_tensors, write_json, write_tensors
 
@@ -27,7 +28,7 @@ FORMAT_VERSION = 1
 
 
 @dataclass
-class MapperConfig:
+class MapperConfig(DictConfig):
     """Hyperparameters shared by all mappers; subclasses add their own fields."""
 
     source_dim: int
@@ -39,19 +40,6 @@ class MapperConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value <= 0:
                 raise SteeringTransferError(f"{name} must be a positive int, got {value!r}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> MapperConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise SteeringTransferError(
-                f"unknown {cls.__name__} fields {unknown}; known fields: {sorted(known)}"
-            )
-        return cls(**data)
 
 
 @dataclass

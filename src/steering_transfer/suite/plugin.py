@@ -352,8 +352,10 @@ MARKERS = (
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    declared = {re.split(r"[(:]", line, maxsplit=1)[0].strip() for line in config.getini("markers")}
     for line in MARKERS:
-        config.addinivalue_line("markers", line)
+        if re.split(r"[(:]", line, maxsplit=1)[0] not in declared:  # a project ini may have it
+            config.addinivalue_line("markers", line)
     selection(config)  # parse now so bad syntax stops the run before collection
     conf = settings(config)
     baseline = None
