@@ -22,7 +22,7 @@ import shlex
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 
@@ -177,7 +177,7 @@ class _Option:
     flag: str
     dest: str
     help: str
-    ini_type: str = "string"
+    ini_type: Literal["string", "linelist", "bool"] = "string"
     kwargs: Mapping[str, Any] = field(default_factory=dict)
 
     @property
@@ -376,7 +376,7 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 
 def _mentions_real(markexpr: str | None) -> bool:
-    return bool(markexpr) and re.search(r"\breal\b", markexpr) is not None
+    return markexpr is not None and re.search(r"\breal\b", markexpr) is not None
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -478,14 +478,14 @@ class _Aggregator:
         for index, (name, value) in enumerate(report.user_properties):
             if name == RECORD_PROPERTY:
                 try:
-                    record = Record.from_json(value)
+                    record = Record.from_json(str(value))
                 except (SteeringTransferError, ValueError, TypeError) as exc:
                     self.problems.append(f"{report.nodeid}: unreadable record ({exc})")
                     continue
                 row = ResultRow(record, report.nodeid, _outcome(report), self.today, self.versions)
                 self.found.setdefault(record.key, []).append((report.nodeid, index, row))
             elif name == BASELINE_PROPERTY:
-                note = json.loads(value)
+                note = json.loads(str(value))
                 self.baseline_notes[(note["table"], note["cell_id"])] = note["status"]
 
     def _rows(self) -> list[ResultRow]:
