@@ -127,8 +127,9 @@ def transfer_record(pair: PairSpec, result: TransferResult, verdict: Verdict) ->
 def layers_record(sweep: LayerSweep, n_layers: int, configured: list[int]) -> Record:
     columns: dict[str, str | int | float | None] = {"model": sweep.model}
     by_layer = dict(zip(sweep.layers, sweep.rates, strict=True))
-    for layer in range(n_layers):
-        columns[f"L{layer}"] = round(by_layer[layer].rate, 2) if layer in by_layer else None
+    columns["success at L0, L1, ..."] = " ".join(
+        f"{by_layer[layer].rate:.2f}" if layer in by_layer else "-" for layer in range(n_layers)
+    )
     columns["unsteered"] = round(sweep.unsteered.rate, 2)
     strong = sweep.strong_layers()
     columns["strong"] = ",".join(str(layer) for layer in strong) or "none"
