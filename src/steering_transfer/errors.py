@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -71,6 +72,18 @@ def check_matrix(tensor: torch.Tensor, *, param: str, dim: int | None = None) ->
             "check that the source/target models and layers match the mapper"
         )
     return tensor
+
+
+def check_nonnegative(value: object, *, param: str) -> float:
+    """A finite real number >= 0 (e.g. a ridge penalty)."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or value < 0
+    ):
+        raise SteeringTransferError(f"{param} must be a finite float >= 0, got {value!r}")
+    return float(value)
 
 
 def check_vector(vector: torch.Tensor, *, dim: int, param: str = "vector") -> torch.Tensor:

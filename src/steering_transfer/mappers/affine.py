@@ -9,7 +9,6 @@ mappers (:mod:`.lowrank`, :mod:`.procrustes`).
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,7 +17,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from steering_transfer.errors import SteeringTransferError
+from steering_transfer.errors import SteeringTransferError, check_nonnegative
 
 from .autoencoder import GradientConfig, init_linear_, train_mse
 from .base import FitReport, Mapper, register_mapper
@@ -174,13 +173,7 @@ class AffineConfig(GradientConfig):
             raise SteeringTransferError(
                 f"solver must be 'closed_form' or 'sgd', got {self.solver!r}"
             )
-        if (
-            isinstance(self.ridge, bool)
-            or not isinstance(self.ridge, (int, float))
-            or not math.isfinite(self.ridge)
-            or self.ridge < 0
-        ):
-            raise SteeringTransferError(f"ridge must be a finite float >= 0, got {self.ridge!r}")
+        check_nonnegative(self.ridge, param="ridge")
         if self.solver == "sgd" and self.ridge != 0:
             raise SteeringTransferError(
                 "ridge only applies to solver='closed_form'; for solver='sgd' use weight_decay"

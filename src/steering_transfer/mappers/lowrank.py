@@ -11,14 +11,13 @@ regression (Izenman 1975; ridge version: Mukherjee & Zhu 2011).
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from steering_transfer.errors import SteeringTransferError
+from steering_transfer.errors import SteeringTransferError, check_nonnegative
 
 from .affine import compute_moments, ridge_penalty, ridge_solution
 from .base import FitReport, Mapper, MapperConfig, register_mapper
@@ -41,13 +40,7 @@ class LowRankConfig(MapperConfig):
                 f"rank must be an int in [1, {max_rank}] (min of source_dim and target_dim), "
                 f"got {self.rank!r}"
             )
-        if (
-            isinstance(self.ridge, bool)
-            or not isinstance(self.ridge, (int, float))
-            or not math.isfinite(self.ridge)
-            or self.ridge < 0
-        ):
-            raise SteeringTransferError(f"ridge must be a finite float >= 0, got {self.ridge!r}")
+        check_nonnegative(self.ridge, param="ridge")
 
 
 @register_mapper("lowrank")
