@@ -112,10 +112,10 @@ def _sweep_models(config: pytest.Config) -> list[Any]:
     if some layer steers at all.
     """
     protocol: dict[str, dict[str, Any]] = {}
-    for pair in load_matrix(MATRIX):
-        cfg = pair.transfer_config()
-        entry = protocol.setdefault(
-            pair.target,
+
+    def entry(organism: str, cfg: TransferConfig) -> dict[str, Any]:
+        return protocol.setdefault(
+            organism,
             {
                 "positions": cfg.steer_positions,
                 "alpha": cfg.alpha,
@@ -124,22 +124,16 @@ def _sweep_models(config: pytest.Config) -> list[Any]:
                 "real": False,
             },
         )
-        entry["target"].add(pair.target_layer)
-        entry["real"] |= pair.tier == "real"
-    for pair in load_matrix(MATRIX):
-        cfg = TransferConfig(source_layer=0, target_layer=0)
-        entry = protocol.setdefault(
-            pair.source,
-            {
-                "positions": cfg.steer_positions,
-                "alpha": cfg.alpha,
-                "target": set(),
-                "source": set(),
-                "real": False,
-            },
-        )
-        entry["source"].add(pair.source_layer)
-        entry["real"] |= pair.tier == "real"
+
+    pairs = load_matrix(MATRIX)
+    for pair in pairs:  # targets first: their protocol is the one the matrix steers them with
+        found = entry(pair.target, pair.transfer_config())
+        found["target"].add(pair.target_layer)
+        found["real"] |= pair.tier == "real"
+    for pair in pairs:
+        found = entry(pair.source, TransferConfig(source_layer=0, target_layer=0))
+        found["source"].add(pair.source_layer)
+        found["real"] |= pair.tier == "real"
     return [
         pytest.param(
             organism,
