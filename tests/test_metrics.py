@@ -130,3 +130,10 @@ def test_rate() -> None:
         rate.n = 10  # type: ignore[misc]
     with pytest.raises(SteeringTransferError, match="n must be a positive"):
         Rate(0, 0)
+
+
+def test_wilson_interval_contains_the_estimate_at_the_boundaries() -> None:
+    from steering_transfer.metrics import wilson_interval
+
+    assert wilson_interval(60, 60)[1] == 1.0
+    assert wilson_interval(0, 60)[0] == 0.0

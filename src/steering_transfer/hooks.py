@@ -52,6 +52,15 @@ def _cache_offset(kwargs: dict[str, Any], layer: int, seq: int) -> int:
     return max(held - seq, 0)
 
 
+def _chunk_mask(
+    positions: PositionSpec, hidden: torch.Tensor, kwargs: dict[str, Any], layer: int
+) -> torch.Tensor | None:
+    """Positions of the current forward chunk to edit (None = all), cache offset included."""
+    batch, seq = hidden.shape[0], hidden.shape[1]
+    offset = _cache_offset(kwargs, layer, seq)
+    return position_mask(positions, batch=batch, seq=seq, offset=offset, device=hidden.device)
+
+
 def _resolve_layers(handle: ModelHandle, layers: int | Sequence[int] | Literal["all"]) -> list[int]:
     if layers == "all":
         return list(range(handle.n_layers))
@@ -156,20 +165,14 @@ def _prepare_vector(
 def _add_hook(layer: int, delta: torch.Tensor, positions: PositionSpec) -> HookFn:
     def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> Any:
         hidden = _untuple(output)
-        batch, seq, _ = hidden.shape
+        batch = hidden.shape[0]
         d = delta.to(device=hidden.device, dtype=hidden.dtype)
         d = d.unsqueeze(1) if d.ndim == 2 else d  # (batch, 1, hidden) or (hidden,)
         if d.ndim == 3 and d.shape[0] != batch:
             raise SteeringTransferError(
                 f"per-row vector has {d.shape[0]} rows but the batch has {batch}"
             )
-        mask = position_mask(
-            positions,
-            batch=batch,
-            seq=seq,
-            offset=_cache_offset(kwargs, layer, seq),
-            device=hidden.device,
-        )
+        mask = _chunk_mask(positions, hidden, kwargs, layer)
         new = hidden + d if mask is None else hidden + mask.unsqueeze(-1).to(hidden.dtype) * d
         return _retuple(output, new)
 
@@ -267,7 +270,7 @@ def _replace_hook(
 ) -> HookFn:
     def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> Any:
         hidden = _untuple(output)
-        batch, seq, _ = hidden.shape
+        seq = hidden.shape[1]
         if callable(replacement):
             new = replacement(hidden)
             if not isinstance(new, torch.Tensor) or new.shape != hidden.shape:
@@ -286,13 +289,7 @@ def _replace_hook(
                     f"block output of shape {tuple(hidden.shape)}"
                 ) from exc
         new = new.to(hidden.dtype)
-        mask = position_mask(
-            positions,
-            batch=batch,
-            seq=seq,
-            offset=_cache_offset(kwargs, layer, seq),
-            device=hidden.device,
-        )
+        mask = _chunk_mask(positions, hidden, kwargs, layer)
         if mask is not None:
             new = torch.where(mask.unsqueeze(-1), new, hidden)
         return _retuple(output, new)
