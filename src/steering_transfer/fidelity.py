@@ -55,13 +55,13 @@ class FidelityResult:
         return out
 
 
-def _replacement_masks(
+def replacement_positions(
     src_enc: dict[str, torch.Tensor],
     tgt_enc: dict[str, torch.Tensor],
     alignment: str,
     same_tokenizer: bool,
 ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """Per text: aligned (source positions, target positions)."""
+    """Per text: aligned (source positions, target positions) to replace."""
     src_pos: list[torch.Tensor] = []
     tgt_pos: list[torch.Tensor] = []
     for row in range(src_enc["input_ids"].shape[0]):
@@ -76,6 +76,45 @@ def _replacement_masks(
         src_pos.append(s)
         tgt_pos.append(t)
     return src_pos, tgt_pos
+
+
+@dataclass
+class Replacements:
+    """A layer's activations with the aligned positions replaced two ways."""
+
+    mapped: torch.Tensor  # mapped source activations at the aligned positions
+    mean_ablated: torch.Tensor  # the text's mean target activation at the same positions
+    mask: torch.Tensor  # (batch, seq) bool: replaced positions
+    predicted: list[torch.Tensor]  # per row, mapped activations (float, CPU)
+    true: list[torch.Tensor]  # per row, the true target activations they replace
+
+
+def build_replacements(
+    true_acts: torch.Tensor,
+    attention_mask: torch.Tensor,
+    source_acts: torch.Tensor,
+    source_positions: Sequence[torch.Tensor],
+    target_positions: Sequence[torch.Tensor],
+    mapper: Mapper,
+) -> Replacements:
+    """Mapped and mean-ablated copies of ``true_acts`` (batch, seq, d) at aligned positions."""
+    mapped_full = true_acts.clone()
+    mean_full = true_acts.clone()
+    mask = torch.zeros(true_acts.shape[:2], dtype=torch.bool, device=true_acts.device)
+    preds: list[torch.Tensor] = []
+    trues: list[torch.Tensor] = []
+    for row, (s, t) in enumerate(zip(source_positions, target_positions, strict=True)):
+        if t.numel() == 0:
+            continue
+        mapped = mapper.map(source_acts[row, s.to(source_acts.device)]).to(true_acts.device)
+        t_dev = t.to(true_acts.device)
+        mapped_full[row, t_dev] = mapped.to(true_acts.dtype)
+        n_real = int(attention_mask[row].sum())
+        mean_full[row, t_dev] = true_acts[row, :n_real].mean(0)
+        mask[row, t_dev] = True
+        preds.append(mapped.float().cpu())
+        trues.append(true_acts[row, t_dev].float().cpu())
+    return Replacements(mapped_full, mean_full, mask, preds, trues)
 
 
 def _kl_sum(logits_ref: torch.Tensor, logits: torch.Tensor, mask: torch.Tensor) -> float:
@@ -134,26 +173,15 @@ def replacement_fidelity(
         src_enc = source.tokenize(batch, max_length=max_length, return_offsets=True)
         tgt_enc = target.tokenize(batch, max_length=max_length, return_offsets=True)
         src_acts = forward_layer(source, src_enc, s_layer)
-        src_pos, tgt_pos = _replacement_masks(src_enc, tgt_enc, mode, same_tok)
+        src_pos, tgt_pos = replacement_positions(src_enc, tgt_enc, mode, same_tok)
         ids = tgt_enc["input_ids"].to(target.device)
         attn = tgt_enc["attention_mask"].to(target.device)
         with torch.no_grad(), hooks.capture(target, [t_layer]) as cap:
             logits_ref = target.model(input_ids=ids, attention_mask=attn, use_cache=False).logits
-        true_acts = cap[t_layer]
-        mapped_full = true_acts.clone()
-        mean_full = true_acts.clone()
-        replace_mask = torch.zeros(ids.shape, dtype=torch.bool, device=ids.device)
-        for row, (s, t) in enumerate(zip(src_pos, tgt_pos, strict=True)):
-            if t.numel() == 0:
-                continue
-            mapped = mapper.map(src_acts[row, s.to(src_acts.device)]).to(true_acts.device)
-            t_dev = t.to(true_acts.device)
-            mapped_full[row, t_dev] = mapped.to(true_acts.dtype)
-            n_real = int(attn[row].sum())
-            mean_full[row, t_dev] = true_acts[row, :n_real].mean(0)
-            replace_mask[row, t_dev] = True
-            preds.append(mapped.float().cpu())
-            trues.append(true_acts[row, t_dev].float().cpu())
+        rep = build_replacements(cap[t_layer], attn, src_acts, src_pos, tgt_pos, mapper)
+        mapped_full, mean_full, replace_mask = rep.mapped, rep.mean_ablated, rep.mask
+        preds.extend(rep.predicted)
+        trues.extend(rep.true)
         mask_f = replace_mask.float()
         attn_f = attn.float()
         with torch.no_grad(), hooks.replace(target, t_layer, mapped_full):

