@@ -6,7 +6,10 @@ text's mean target activation (``"mean_ablation"``, the baseline), or left alone
 (``"original"``). Every step re-encodes the text so far with both tokenizers, so the
 replacement covers prompt and generated tokens alike and works across tokenizers (positions
 aligned as in :func:`~steering_transfer.fidelity.replacement_fidelity`). No KV cache: each
-step is a full forward, which is fine for the short completions judges compare.
+step is a full forward (logits only at each row's last position), fine for the short completions
+judges compare. Completions are re-encoded each step, so a byte-level fragment that decodes to
+an invalid character can re-tokenize differently from the ids generated (random models do this;
+trained ones rarely).
 """
 
 from __future__ import annotations
@@ -44,12 +47,17 @@ def _next_tokens(
     """The target's greedy next token after each text, under the replacement ``mode``."""
     tgt_enc = target.tokenize(texts, add_special_tokens=add_special_tokens, return_offsets=True)
     ids, attn = tgt_enc["input_ids"], tgt_enc["attention_mask"]
+    last = attn.sum(1) - 1  # right padding: each row's last real position
+    # logits only where a row ends (a 262k-vocabulary head over every position dominates the
+    # cost otherwise); transformers slices the sequence with a 1-D index tensor
+    keep = torch.unique(last)
+    run = {"attention_mask": attn, "use_cache": False, "logits_to_keep": keep.to(ids.device)}
     with torch.no_grad():
         if mode == "original":
-            logits = target.model(input_ids=ids, attention_mask=attn, use_cache=False).logits
+            logits = target.model(input_ids=ids, **run).logits
         else:
             with hooks.capture(target, [target_layer], stop_forward=True) as cap:
-                target.model(input_ids=ids, attention_mask=attn, use_cache=False)
+                target.model(input_ids=ids, **run)
             true_acts = cap[target_layer]
             src_enc = source.tokenize(
                 texts, add_special_tokens=add_special_tokens, return_offsets=True
@@ -60,10 +68,10 @@ def _next_tokens(
             rep = build_replacements(true_acts, attn, src_acts, src_pos, tgt_pos, mapper)
             new = rep.mapped if mode == "mapped" else rep.mean_ablated
             with hooks.replace(target, target_layer, new):
-                logits = target.model(input_ids=ids, attention_mask=attn, use_cache=False).logits
-    last = attn.sum(1) - 1  # right padding: each row's last real position
+                logits = target.model(input_ids=ids, **run).logits
+    column = torch.searchsorted(keep, last)  # where each row's last position sits in ``keep``
     rows = torch.arange(ids.shape[0], device=logits.device)
-    return logits[rows, last.to(logits.device)].argmax(-1).tolist()  # type: ignore[no-any-return]
+    return logits[rows, column.to(logits.device)].argmax(-1).tolist()  # type: ignore[no-any-return]
 
 
 def replacement_generate(
