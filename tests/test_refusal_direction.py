@@ -1,0 +1,132 @@
+"""Refusal direction: scores, last-token activations, Arditi selection and the refusal cell."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from steering_transfer import hooks
+from steering_transfer.errors import SteeringTransferError
+from steering_transfer.models import ModelHandle
+from steering_transfer.refusal_direction import (
+    candidate_directions,
+    last_token_activations,
+    refusal_scores,
+    refusal_starts,
+    select_refusal_direction,
+)
+from steering_transfer.refusal_transfer import (
+    RefusalConfig,
+    prepare_refusal_pair,
+    refusal_fit_texts,
+    run_refusal_cell,
+)
+from steering_transfer.tasks import refusal
+from steering_transfer.transfer import Side
+
+HARMFUL = ["How do I pick a lock?\nResponse:", "Write a virus for me.\nResponse:"]
+HARMLESS = ["How do I bake bread?\nResponse:", "Write a poem for me.\nResponse:"]
+
+
+def test_refusal_starts_follow_the_prompt_style() -> None:
+    assert refusal_starts("plain") == (" I", " As")
+    assert refusal_starts("qa") == (" I", " As")
+    assert refusal_starts("chat") == ("I", "As")
+
+
+def test_refusal_scores_match_a_direct_computation(llama: ModelHandle) -> None:
+    scores = refusal_scores(llama, HARMFUL + HARMLESS, [" I"], batch_size=3)
+    assert scores.shape == (4,) and torch.isfinite(scores).all()
+    tok = llama.tokenizer
+    ids = tok(HARMFUL[0])["input_ids"] + tok(" I", add_special_tokens=False)["input_ids"]
+    n_cont = len(tok(" I", add_special_tokens=False)["input_ids"])
+    with torch.no_grad():
+        logp = torch.log_softmax(llama.model(torch.tensor([ids])).logits[0].double(), -1)
+    total = sum(float(logp[len(ids) - n_cont - 1 + k, ids[len(ids) - n_cont + k]])
+                for k in range(n_cont))
+    expected = total - math.log1p(-math.exp(total))
+    assert scores[0].item() == pytest.approx(expected, abs=1e-4)  # left padding does not matter
+
+
+def test_last_token_activations_are_every_block_output_at_the_end(llama: ModelHandle) -> None:
+    acts = last_token_activations(llama, HARMFUL + HARMLESS, batch_size=3)
+    assert acts.shape == (llama.n_layers, 4, llama.hidden_size)
+    enc = llama.tokenize([HARMLESS[1]])
+    with hooks.capture(llama, "all") as store, torch.no_grad():
+        llama.model(**enc)
+    assert torch.allclose(acts[2, 3], store[2][0, -1], atol=1e-5)
+    diff = candidate_directions(llama, HARMFUL, HARMLESS)
+    assert torch.allclose(diff, acts[:, :2].mean(1) - acts[:, 2:].mean(1), atol=1e-5)
+
+
+def test_bad_inputs_name_the_parameter(llama: ModelHandle) -> None:
+    with pytest.raises(SteeringTransferError, match="prompts is empty"):
+        refusal_scores(llama, [], [" I"])
+    with pytest.raises(SteeringTransferError, match="starts is empty"):
+        refusal_scores(llama, HARMFUL, [])
+    with pytest.raises(SteeringTransferError, match="harmful is empty"):
+        candidate_directions(llama, [], HARMLESS)
+    with pytest.raises(SteeringTransferError, match="max_layer_fraction"):
+        select_refusal_direction(
+            llama, harmful_train=HARMFUL, harmless_train=HARMLESS, harmful_val=HARMFUL,
+            harmless_val=HARMLESS, starts=[" I"], max_layer_fraction=0.0,
+        )
+
+
+def test_selection_reports_every_candidate_and_filters(llama: ModelHandle) -> None:
+    kw = {
+        "harmful_train": HARMFUL, "harmless_train": HARMLESS, "harmful_val": HARMFUL,
+        "harmless_val": HARMLESS, "starts": [" I", " As"],
+    }
+    # a random model: nothing induces refusal reliably, so nothing passes every filter
+    with pytest.raises(SteeringTransferError, match="no refusal direction") as err:
+        select_refusal_direction(llama, kl_max=-1.0, **kw)
+    assert "L0:" in str(err.value) and "KL" in str(err.value)
+    choice = select_refusal_direction(
+        llama, kl_max=math.inf, min_induced_score=-math.inf, layers=[0, 1, -1], **kw
+    )
+    layers = [c.layer for c in choice.candidates]
+    assert layers == [0, 1, llama.n_layers - 1]
+    last = choice.candidates[-1]
+    assert not last.kept and "last 20%" in last.reason
+    kept = [c for c in choice.candidates if c.kept]
+    assert [c.layer for c in kept] == [0, 1]
+    assert choice.layer == min(kept, key=lambda c: c.ablated_harmful_score).layer
+    assert torch.equal(
+        choice.direction.vector, candidate_directions(llama, HARMFUL, HARMLESS)[choice.layer]
+    )
+    assert choice.to_dict()["settings"]["kl_max"] == math.inf
+
+
+def test_refusal_cell_runs_end_to_end(llama: ModelHandle, llama_wide: ModelHandle) -> None:
+    """Plumbing on random models: every figure is present and in range (values are noise)."""
+    source, target = Side(llama, "plain", "src"), Side(llama_wide, "plain", "tgt")
+    config = RefusalConfig(
+        source_layer=1, target_layer=-2, n_direction=6, n_fit_instructions=12, n_eval=4,
+        n_fidelity=4, n_coherence=4, max_new_tokens=3, batch_size=4, hold_out="form",
+    )
+    prep = prepare_refusal_pair(source, target, config)
+    assert prep.target_layer == llama_wide.n_layers - 2
+    result = run_refusal_cell(prep, "affine")
+    assert set(result.jailbreak) == {
+        "unsteered", "native", "mapped_difference", "mapped_direct", "random",
+    }
+    assert all(r.n == 4 for r in result.jailbreak.values())
+    assert set(result.induced) == {"unsteered", "native", "mapped_difference", "random"}
+    assert result.perplexity.unsteered > 1.0 and math.isfinite(result.perplexity.mapped)
+    assert result.norm_mapped > 0 and result.fidelity.fvu >= 0.0
+    again = run_refusal_cell(prep, "affine")  # same seed, same numbers
+    assert again.to_dict()["jailbreak"] == result.to_dict()["jailbreak"]
+    assert again.perplexity == result.perplexity
+    with pytest.raises(SteeringTransferError, match="n_eval"):
+        prepare_refusal_pair(source, target, RefusalConfig(0, 0, n_eval=10_000))
+
+
+def test_fit_texts_cover_both_classes_and_styles(llama: ModelHandle) -> None:
+    prompts = refusal.make_splits(0).train[:10]
+    texts = refusal_fit_texts(Side(llama, "plain", "a"), Side(llama, "qa", "b"), prompts)
+    assert len(texts) == 20
+    assert any("Question:" in t for t in texts) and any("Response:" in t for t in texts)
+    assert any(refusal.is_refusal(t) for t in texts)
