@@ -169,16 +169,18 @@ def _sweep_models(config: pytest.Config) -> list[Any]:
 
 
 def _refusal_models(config: pytest.Config) -> list[Any]:
-    """Each organism of the refusal pairs with the layers the cells use it at."""
+    """Each organism of the refusal pairs with the layers the cells use it at as a target
+    (where its own direction is the native baseline, so the selection must keep them)."""
     sel = selection(config)
     used: dict[str, set[int]] = {}
     real: dict[str, bool] = {}
     for pair in load_matrix(MATRIX):
         if pair.task != "refusal" or not sel.allows("tasks", pair.task):
             continue
-        for organism, layer in ((pair.source, pair.source_layer), (pair.target, pair.target_layer)):
-            used.setdefault(organism, set()).add(layer)
+        for organism in (pair.source, pair.target):
+            used.setdefault(organism, set())
             real[organism] = real.get(organism, False) or pair.tier == "real"
+        used[pair.target].add(pair.target_layer)
     return [
         pytest.param(
             organism, sorted(layers), id=f"refusal-direction-{organism}",

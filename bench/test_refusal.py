@@ -60,10 +60,10 @@ def test_refusal_direction(
         starts=refusal_starts(side.style),
         add_special_tokens=prompt_add_special_tokens(side.style),
     )
-    resolved = [side.handle.layer(layer) for layer in used_layers]
+    resolved = [side.handle.layer(layer) for layer in used_layers]  # as a target (may be none)
     st_record(direction_record(organism, choice, resolved))
     kept = [c.layer for c in choice.candidates if c.kept]
     assert set(resolved) <= set(kept), (
-        f"{organism}: refusal cells use layers {resolved} but the selection keeps {kept} "
+        f"{organism}: refusal cells steer it at layers {resolved} but the selection keeps {kept} "
         f"(selected L{choice.layer}); update fixtures/bench.toml from reports/refusal.md"
     )

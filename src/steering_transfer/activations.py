@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
@@ -184,9 +185,25 @@ class PairedActivations:
         )
 
 
+def _segmentation_state(tokenizer: Any) -> tuple[str, str] | None:
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return None
+    parts = (backend.normalizer, backend.pre_tokenizer)
+    return tuple(  # type: ignore[return-value]
+        "" if part is None else part.__getstate__().decode() for part in parts
+    )
+
+
 def shares_tokenizer(a: ModelHandle, b: ModelHandle) -> bool:
-    """Same vocabulary (hence same segmentation) on both sides."""
-    return a.tokenizer.get_vocab() == b.tokenizer.get_vocab()
+    """Same vocabulary and the same splitting rules on both sides (hence same segmentation).
+
+    The vocabulary alone is not enough: transformers picks a tokenizer class from the model
+    type, and e.g. the Qwen2 class splits digits one by one where a Llama one does not.
+    """
+    if a.tokenizer.get_vocab() != b.tokenizer.get_vocab():
+        return False
+    return _segmentation_state(a.tokenizer) == _segmentation_state(b.tokenizer)
 
 
 def pair_activations(

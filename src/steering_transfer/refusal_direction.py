@@ -199,7 +199,11 @@ class DirectionChoice:
             "norm": float(self.direction.vector.norm()),
             "harmful_score": self.harmful_score,
             "harmless_score": self.harmless_score,
-            "candidates": [asdict(c) for c in self.candidates],
+            "candidates": [  # figures not computed for a dropped layer are None (JSON has no NaN)
+                {k: None if isinstance(v, float) and math.isnan(v) else v
+                 for k, v in asdict(c).items()}
+                for c in self.candidates
+            ],
             "settings": dict(self.settings),
         }
 

