@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from steering_transfer import zoo
-from steering_transfer.organism_tasks import ORGANISM_TASKS
 from steering_transfer.cli import main
 from steering_transfer.errors import SteeringTransferError
+from steering_transfer.organism_tasks import ORGANISM_TASKS
 from steering_transfer.packaged import packaged_available
 
 # A few optimisation steps: enough to exercise the whole build, far from a trained organism.
