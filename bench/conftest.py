@@ -30,7 +30,7 @@ from steering_transfer.suite.cells import (
     SWITCH_PREAMBLE,
     TRANSFER_PREAMBLE,
 )
-from steering_transfer.suite.matrix import PairSpec, load_matrix
+from steering_transfer.suite.matrix import PairSpec, load_matrix, load_refusal_selection
 from steering_transfer.suite.refusal_cells import DIRECTIONS_PREAMBLE, REFUSAL_PREAMBLE
 from steering_transfer.toy import build_tokenizer, tiny_model
 from steering_transfer.transfer import PreparedPair, Side, TransferConfig, prepare_pair
@@ -172,6 +172,7 @@ def _refusal_models(config: pytest.Config) -> list[Any]:
     """Each organism of the refusal pairs with the layers the cells use it at as a target
     (where its own direction is the native baseline, so the selection must keep them)."""
     sel = selection(config)
+    overrides = load_refusal_selection(MATRIX)
     used: dict[str, set[int]] = {}
     real: dict[str, bool] = {}
     for pair in load_matrix(MATRIX):
@@ -183,7 +184,8 @@ def _refusal_models(config: pytest.Config) -> list[Any]:
         used[pair.target].add(pair.target_layer)
     return [
         pytest.param(
-            organism, sorted(layers), id=f"refusal-direction-{organism}",
+            organism, sorted(layers), dict(overrides.get(organism, {})),
+            id=f"refusal-direction-{organism}",
             marks=[pytest.mark.real] if real[organism] else [],
         )
         for organism, layers in sorted(used.items())
@@ -198,7 +200,9 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
             ("refusal_pair", "mapper"), _matrix_cells(metafunc.config, "refusal")
         )
     if "direction_protocol" in metafunc.fixturenames:
-        metafunc.parametrize(("organism", "used_layers"), _refusal_models(metafunc.config))
+        metafunc.parametrize(
+            ("organism", "used_layers", "selection_settings"), _refusal_models(metafunc.config)
+        )
     if "sweep_protocol" in metafunc.fixturenames:
         metafunc.parametrize(
             ("organism", "positions", "alpha", "target_layers", "source_layers", "stride"),

@@ -42,7 +42,11 @@ def direction_protocol() -> None:
 
 @pytest.mark.usefixtures("direction_protocol")
 def test_refusal_direction(
-    organism: str, used_layers: list[int], sides: Callable[[str], Side], st_record: Any
+    organism: str,
+    used_layers: list[int],
+    selection_settings: dict[str, Any],
+    sides: Callable[[str], Side],
+    st_record: Any,
 ) -> None:
     side = sides(organism)
     hold_out = get_spec(organism).data_options.get("hold_out", "activity")
@@ -59,6 +63,8 @@ def test_refusal_direction(
         harmless_val=prompts(splits.harmless("validation")[:N_VALIDATION]),
         starts=refusal_starts(side.style),
         add_special_tokens=prompt_add_special_tokens(side.style),
+        batch_size=24,
+        **selection_settings,  # per-organism settings from [refusal_selection] in bench.toml
     )
     resolved = [side.handle.layer(layer) for layer in used_layers]  # as a target (may be none)
     st_record(direction_record(organism, choice, resolved))

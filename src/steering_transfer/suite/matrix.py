@@ -157,3 +157,22 @@ def load_matrix(path: str | Path | None = None) -> list[PairSpec]:
     if not pairs:
         raise SteeringTransferError(f"{path} defines no [[pair]] entries")
     return pairs
+
+
+_SELECTION_KEYS = {"kl_max", "min_induced_score", "max_layer_fraction", "layers"}
+
+
+def load_refusal_selection(path: str | Path | None = None) -> dict[str, dict[str, Any]]:
+    """Per-organism overrides of the refusal-direction selection (``[refusal_selection.<id>]``)."""
+    path = Path(path) if path is not None else DEFAULT_MATRIX
+    with path.open("rb") as fh:
+        raw = tomllib.load(fh).get("refusal_selection", {})
+    for organism, settings in raw.items():
+        unknown = sorted(set(settings) - _SELECTION_KEYS)
+        if unknown:
+            raise SteeringTransferError(
+                f"{path.name} [refusal_selection.{organism}] has unknown key(s) "
+                f"{', '.join(unknown)}; known: {', '.join(sorted(_SELECTION_KEYS))}"
+            )
+    return {k: dict(v) for k, v in raw.items()}
+
