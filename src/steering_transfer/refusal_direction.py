@@ -204,7 +204,10 @@ class DirectionChoice:
                  for k, v in asdict(c).items()}
                 for c in self.candidates
             ],
-            "settings": dict(self.settings),
+            "settings": {  # JSON has no inf: an unbounded filter is written as "inf"
+                k: str(v) if isinstance(v, float) and not math.isfinite(v) else v
+                for k, v in self.settings.items()
+            },
         }
 
 
