@@ -161,7 +161,7 @@ def candidate_directions(
     add_special_tokens: bool = True,
 ) -> torch.Tensor:
     """``mean(harmful) - mean(harmless)`` at the last prompt token, ``(n_layers, d)`` float32."""
-    kw = {"batch_size": batch_size, "add_special_tokens": add_special_tokens}
+    kw: dict[str, Any] = {"batch_size": batch_size, "add_special_tokens": add_special_tokens}
     harm = last_token_activations(handle, _check_prompts(harmful, "harmful"), **kw)
     safe = last_token_activations(handle, _check_prompts(harmless, "harmless"), **kw)
     return (harm.double().mean(1) - safe.double().mean(1)).float()
@@ -237,7 +237,7 @@ def select_refusal_direction(
         raise SteeringTransferError(
             f"max_layer_fraction must be in (0, 1], got {max_layer_fraction}"
         )
-    kw = {"batch_size": batch_size, "add_special_tokens": add_special_tokens}
+    kw: dict[str, Any] = {"batch_size": batch_size, "add_special_tokens": add_special_tokens}
     directions = candidate_directions(handle, harmful_train, harmless_train, **kw)
     cutoff = int(max_layer_fraction * handle.n_layers)
     chosen_layers = (

