@@ -106,6 +106,17 @@ def judge(result: TransferResult, bars: Thresholds) -> Verdict:
     )
 
 
+def cell_config(pair: PairSpec, result: Any, verdict: Verdict) -> dict[str, Any]:
+    """What reproduces a cell's record: its config, the two organisms, its bars and verdict."""
+    return {
+        **result.config.to_dict(),
+        "source": result.source,
+        "target": result.target,
+        "thresholds": pair.thresholds_for(result.config.mapper).to_dict(),
+        "passed": verdict.passed,
+    }
+
+
 def ratio_figure(mapped: Rate, native: Rate, ratio: float) -> dict[str, float | int | None]:
     """A transfer ratio with a conservative interval from the two Wilson intervals."""
     low = mapped.low / native.high if native.high > 0 else 0.0
@@ -155,13 +166,7 @@ def transfer_record(pair: PairSpec, result: TransferResult, verdict: Verdict) ->
             "fvu": figure(fid.fvu),
             "kl_mapped": figure(fid.kl_mapped),
         },
-        config={
-            **result.config.to_dict(),
-            "source": result.source,
-            "target": result.target,
-            "thresholds": pair.thresholds_for(result.config.mapper).to_dict(),
-            "passed": verdict.passed,
-        },
+        config=cell_config(pair, result, verdict),
         sort_key="ratio",
     )
 

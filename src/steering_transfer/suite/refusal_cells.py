@@ -7,7 +7,7 @@ import math
 from ..metrics import Rate
 from ..refusal_direction import DirectionChoice
 from ..refusal_transfer import RefusalResult
-from .cells import Verdict, ratio_figure, verdict_from
+from .cells import Verdict, cell_config, ratio_figure, verdict_from
 from .matrix import PairSpec, Thresholds
 from .records import Record, figure, rate_figure
 
@@ -105,13 +105,7 @@ def refusal_record(pair: PairSpec, result: RefusalResult, verdict: Verdict) -> R
             "kl_mapped": figure(fid.kl_mapped),
             "perplexity_mapped": figure(ppl.mapped),
         },
-        config={
-            **result.config.to_dict(),
-            "source": result.source,
-            "target": result.target,
-            "thresholds": pair.thresholds_for(result.config.mapper).to_dict(),
-            "passed": verdict.passed,
-        },
+        config=cell_config(pair, result, verdict),
         sort_key="ratio",
     )
 
