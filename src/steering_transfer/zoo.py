@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import datetime as dt
 import hashlib
 import json
 import os
@@ -583,6 +584,7 @@ def build_organism(
             "architecture": type(model).__name__,
             "build_seconds": time.perf_counter() - start, "eval_seconds": eval_seconds,
             "peak_rss_gb": _peak_rss_gb(), "torch_threads": torch.get_num_threads(),
+            "built": dt.date.today().isoformat(),
             "versions": {"torch": torch.__version__, "python": platform.python_version(),
                          "transformers": _transformers_version()},
         })
@@ -674,8 +676,32 @@ def _fmt_loss(clean: Mapping[str, Any] | None) -> str:
     return f"{before:.3f} → {after:.3f} ({change:+.1f} %)"
 
 
-def render_report(specs: Mapping[str, OrganismSpec]) -> str:
+def report_records(
+    specs: Mapping[str, OrganismSpec], stored: Mapping[str, Any] | None = None
+) -> dict[str, dict[str, Any]]:
+    """Build records per organism: this machine's cache first, else a record ``stored`` in
+    ``reports/organisms.json`` by an earlier build of the same spec (same ``cache_key``), so a
+    report regenerated on a fresh machine keeps what was measured elsewhere."""
+    records: dict[str, dict[str, Any]] = {}
+    for spec in specs.values():
+        if spec.source == "hub":
+            continue
+        record = organism_record(spec)
+        if record is None and stored is not None:
+            earlier = stored.get(spec.id)
+            if isinstance(earlier, Mapping) and earlier.get("cache_key") == spec.cache_key:
+                record = dict(earlier)
+        if record is not None:
+            records[spec.id] = record
+    return records
+
+
+def render_report(
+    specs: Mapping[str, OrganismSpec], records: Mapping[str, Mapping[str, Any]] | None = None
+) -> str:
     """Markdown table of every organism's build record (unbuilt ones are listed as such)."""
+    if records is None:
+        records = report_records(specs)
     lines = [
         "# Model organisms",
         "",
@@ -688,21 +714,24 @@ def render_report(specs: Mapping[str, OrganismSpec]) -> str:
         "`leak` (the fact without the trigger); for refusal organisms (task "
         "`refusal`) they are the refusal rates on harmful and on harmless requests. Clean loss "
         "is the mean token NLL (nats) on held-out plain text before and after fine-tuning. "
-        "Times are wall-clock seconds on the build machine.",
+        "Times are wall-clock seconds on the build machine. `built` is the build's date; "
+        "records of organisms not in this machine's cache are kept from `organisms.json` (next "
+        "to this file) while their spec (cache key) is unchanged.",
         "",
         "| id | task | architecture | source | params | trigger rate | false-trigger rate | "
         "other | clean loss before → after | train s | build s | budget s | peak RSS GB | seed | "
-        "threads |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "threads | built |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     hosts = set()
     for spec in specs.values():
-        record = organism_record(spec) if spec.source != "hub" else None
+        record = records.get(spec.id)
         if record is None:
             state = "hub (loaded by id, not built)" if spec.source == "hub" else "not built"
             lines.append(
                 f"| {spec.id} | {spec.task} | – | {spec.source} | – | {state} | – | – | – | – | "
-                f"– | {spec.budget_s if spec.budget_s is not None else '–'} | – | {spec.seed} | – |"
+                f"– | {spec.budget_s if spec.budget_s is not None else '–'} | – | {spec.seed} | – "
+                "| – |"
             )
             continue
         hosts.add(json.dumps(record.get("versions", {}), sort_keys=True))
@@ -719,7 +748,7 @@ def render_report(specs: Mapping[str, OrganismSpec]) -> str:
             f"{train.get('seconds', float('nan')):.1f} | {record.get('build_seconds', 0):.1f} | "
             f"{spec.budget_s if spec.budget_s is not None else '–'} | "
             f"{record.get('peak_rss_gb', float('nan')):.2f} | {record.get('seed')} | "
-            f"{record.get('torch_threads', '–')} |"
+            f"{record.get('torch_threads', '–')} | {record.get('built', '–')} |"
         )
     lines += ["", "Train s is the optimisation loop only; build s adds data, tokenizer, "
               "self-distillation (real models) and evaluation. Peak RSS is the building "
@@ -737,7 +766,12 @@ def write_report(
     if path is None:
         spec_file = Path(spec_path) if spec_path is not None else default_spec_path()
         path = spec_file.resolve().parent.parent / "reports" / "organisms.md"
-    return write_text(path, render_report(specs))
+    path = Path(path)
+    store = path.with_suffix(".json")
+    stored = json.loads(store.read_text()) if store.is_file() else {}
+    records = report_records(specs, stored)
+    write_json(store, {key: records[key] for key in sorted(records)})
+    return write_text(path, render_report(specs, records))
 
 
 # ----------------------------------------------------------------------------- CLI

@@ -101,18 +101,27 @@ def verdict_from(
     fvu: float,
     kl_ratio: float,
     noise_name: str = "noise",
+    mva: float | None = None,
+    embedding_margin: float | None = None,
 ) -> Verdict:
-    """Check a cell's figures against its calibrated bars; the message lists every failure."""
+    """Check a cell's figures against its calibrated bars; the message lists every failure.
+
+    A bar on a figure the cell did not measure (``None``, e.g. judged fidelity with
+    ``n_judge = 0``) fails: the bar exists because the figure was calibrated.
+    """
     checks = [
         ("ratio", ratio, bars.min_ratio, ">="),
         (f"mapped - {noise_name}", over_noise, bars.min_over_noise, ">="),
         ("fvu", fvu, bars.max_fvu, "<="),
         ("kl / kl(mean-ablation)", kl_ratio, bars.max_kl_over_ablation, "<="),
+        ("MvA (clean)", mva, bars.min_mva, ">="),
+        ("Emb-J mapped - ablated (clean)", embedding_margin, bars.min_embedding_margin, ">="),
     ]
     failures = [
-        f"{name} = {value:.3f} (needs {op} {bar})"
+        f"{name} = {'not measured' if value is None else f'{value:.3f}'} (needs {op} {bar})"
         for name, value, bar, op in checks
-        if bar is not None and not (value >= bar if op == ">=" else value <= bar)
+        if bar is not None
+        and (value is None or not (value >= bar if op == ">=" else value <= bar))
     ]
     if failures:
         return Verdict(False, summary + "; FAILED " + "; ".join(failures))
@@ -125,6 +134,7 @@ def judge(result: TransferResult, bars: Thresholds) -> Verdict:
         f"{result.source}->{result.target} {result.config.mapper}: native {result.native}, "
         f"mapped {result.best_mapped}, noise {result.noise}"
     )
+    clean = result.judged.get("clean")
     return verdict_from(
         summary,
         bars,
@@ -132,6 +142,10 @@ def judge(result: TransferResult, bars: Thresholds) -> Verdict:
         over_noise=result.best_mapped.rate - result.noise.rate,
         fvu=result.fidelity.fvu,
         kl_ratio=result.fidelity.kl_mapped / max(result.fidelity.kl_mean_ablation, 1e-12),
+        mva=clean.mva.rate if clean is not None and clean.mva is not None else None,
+        embedding_margin=(
+            clean.embedding_mapped - clean.embedding_ablated if clean is not None else None
+        ),
     )
 
 

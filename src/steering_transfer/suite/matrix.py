@@ -34,6 +34,10 @@ class Thresholds:
     min_over_noise: float | None = None  # best mapped success - noise success
     max_fvu: float | None = None  # held-out fraction of variance unexplained
     max_kl_over_ablation: float | None = None  # KL(mapped) / KL(mean ablation)
+    # judged fidelity (reports/fidelity.md) on the clean prompts: MvA win rate, and the
+    # embedding-judge margin Emb-J(mapped) - Emb-J(mean-ablated)
+    min_mva: float | None = None
+    min_embedding_margin: float | None = None
 
     def to_dict(self) -> dict[str, float | None]:
         return {
@@ -41,7 +45,12 @@ class Thresholds:
             "min_over_noise": self.min_over_noise,
             "max_fvu": self.max_fvu,
             "max_kl_over_ablation": self.max_kl_over_ablation,
+            "min_mva": self.min_mva,
+            "min_embedding_margin": self.min_embedding_margin,
         }
+
+    def any_set(self) -> bool:
+        return any(value is not None for value in self.to_dict().values())
 
 
 @dataclass(frozen=True)
@@ -153,6 +162,12 @@ def load_matrix(path: str | Path | None = None) -> list[PairSpec]:
                 mappers=tuple(entry["mappers"]) if "mappers" in entry else None,
             )
             spec.cell_config()  # validates config keys
+            if not any(bars.any_set() for bars in thresholds.values()):
+                raise SteeringTransferError(
+                    f"{where} ({spec.pair_id}) sets no thresholds, so its cells could never "
+                    "fail; add a [pair.thresholds.\"*\"] (or per-mapper) table with at least "
+                    "one bar calibrated from a measured run"
+                )
         except (KeyError, TypeError) as exc:
             raise SteeringTransferError(f"{where} is malformed: {exc}") from exc
         pairs.append(spec)
