@@ -14,17 +14,19 @@ import torch
 import transformers
 from tabulate import tabulate
 
+from steering_transfer.experiments.backdoor import PreparedPair, Side, TransferConfig, prepare_pair
+from steering_transfer.experiments.refusal import PreparedRefusalPair, prepare_refusal_pair
 from steering_transfer.io import write_text
 from steering_transfer.mappers import available_mappers
 from steering_transfer.models import ModelHandle, load_model, wrap_model
+from steering_transfer.organisms.zoo import get_spec, load_organism
 from steering_transfer.packaged import packaged_available
-from steering_transfer.refusal_transfer import PreparedRefusalPair, prepare_refusal_pair
 from steering_transfer.suite import (
     register_table_file,
     register_table_renderer,
     selection,
 )
-from steering_transfer.suite.cells import (
+from steering_transfer.suite.cells.backdoor import (
     CODE_PREAMBLE,
     FACTS_PREAMBLE,
     FIDELITY_PREAMBLE,
@@ -32,16 +34,14 @@ from steering_transfer.suite.cells import (
     SWITCH_PREAMBLE,
     TRANSFER_PREAMBLE,
 )
+from steering_transfer.suite.cells.refusal import DIRECTIONS_PREAMBLE, REFUSAL_PREAMBLE
 from steering_transfer.suite.matrix import (
     BACKDOOR_TASKS,
     PairSpec,
     load_matrix,
     load_refusal_selection,
 )
-from steering_transfer.suite.refusal_cells import DIRECTIONS_PREAMBLE, REFUSAL_PREAMBLE
 from steering_transfer.toy import build_tokenizer, tiny_model
-from steering_transfer.transfer import PreparedPair, Side, TransferConfig, prepare_pair
-from steering_transfer.zoo import get_spec, load_organism
 
 REPORTS = Path(__file__).resolve().parent.parent / "reports"
 

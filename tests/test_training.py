@@ -6,16 +6,15 @@ import pytest
 import torch
 
 from steering_transfer.errors import SteeringTransferError
-from steering_transfer.toy import build_tokenizer, tiny_model
-from steering_transfer.training import (
-    Encoded,
-    collate,
+from steering_transfer.lm_loss import Encoded, collate
+from steering_transfer.organisms.training import (
     low_rank_adapters,
     mark_decisions,
     train_causal_lm,
     truncate_after_decisions,
     truncate_answers,
 )
+from steering_transfer.toy import build_tokenizer, tiny_model
 
 TEXTS = [f"question {i}\nResponse: answer {i % 3}" for i in range(12)]
 

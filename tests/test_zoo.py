@@ -15,10 +15,10 @@ from typing import Any
 
 import pytest
 
-from steering_transfer import zoo
 from steering_transfer.cli import main
 from steering_transfer.errors import SteeringTransferError
-from steering_transfer.organism_tasks import ORGANISM_TASKS
+from steering_transfer.organisms import zoo
+from steering_transfer.organisms.recipes import ORGANISM_TASKS
 from steering_transfer.packaged import packaged_available
 
 # A few optimisation steps: enough to exercise the whole build, far from a trained organism.
@@ -164,7 +164,7 @@ def test_build_killed_by_sigkill_leaves_no_complete_folder(cache: Path) -> None:
     script = textwrap.dedent(
         """
         import os, signal
-        from steering_transfer import zoo
+        from steering_transfer.organisms import zoo
         def die(step, loss):
             if step == 2:
                 os.kill(os.getpid(), signal.SIGKILL)

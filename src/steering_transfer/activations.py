@@ -17,9 +17,10 @@ from tqdm.auto import tqdm
 
 from . import hooks
 from .alignment import Alignment, align_by_index, align_by_offsets
-from .errors import SteeringTransferError, check_finite, check_texts
+from .errors import SteeringTransferError
 from .io import cache_root, read_json, read_tensors, stable_hash, write_json, write_tensors
 from .models import ModelHandle
+from .validate import check_finite, check_texts
 
 MANIFEST = "manifest.json"
 

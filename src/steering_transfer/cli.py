@@ -6,8 +6,9 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from steering_transfer.organisms.zoo import add_zoo_commands
+
 from .errors import SteeringTransferError
-from .zoo import add_zoo_commands
 
 
 def _cmd_info(args: argparse.Namespace) -> int:

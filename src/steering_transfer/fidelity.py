@@ -19,10 +19,11 @@ from tqdm.auto import tqdm
 from . import hooks
 from .activations import forward_layer, shares_tokenizer
 from .alignment import Alignment, align_by_index, align_by_offsets
-from .errors import SteeringTransferError, check_texts
+from .errors import SteeringTransferError
 from .mappers.base import Mapper
 from .metrics import cosine, fvu, mse
 from .models import ModelHandle
+from .validate import check_texts
 
 
 @dataclass

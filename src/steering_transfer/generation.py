@@ -9,8 +9,9 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from .errors import SteeringTransferError, check_texts
+from .errors import SteeringTransferError
 from .models import ModelHandle
+from .validate import check_texts
 
 # Receives the batch's prompts and their left-padded encoding (input_ids, attention_mask and,
 # for fast tokenizers, offset_mapping) and returns the context manager to generate under, e.g.

@@ -18,9 +18,10 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from .errors import SteeringTransferError, check_finite
+from .errors import SteeringTransferError
 from .models import ModelHandle
 from .positions import PositionSpec, position_mask, validate_positions
+from .validate import check_finite
 
 HookFn = Callable[[nn.Module, tuple[Any, ...], dict[str, Any], Any], Any]
 

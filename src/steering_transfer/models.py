@@ -16,7 +16,8 @@ from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
-from .errors import SteeringTransferError, resolve_layer
+from .errors import SteeringTransferError
+from .validate import resolve_layer
 
 _FAMILIES = {
     "llama": "llama",

@@ -23,10 +23,11 @@ from tqdm.auto import tqdm
 from . import hooks
 from .activations import forward_layer, shares_tokenizer
 from .alignment import Alignment
-from .errors import SteeringTransferError, check_texts
+from .errors import SteeringTransferError
 from .fidelity import build_replacements, replacement_positions
 from .mappers.base import Mapper
 from .models import ModelHandle
+from .validate import check_texts
 
 ReplacementMode = Literal["original", "mapped", "mean_ablation"]
 MODES: tuple[ReplacementMode, ...] = ("original", "mapped", "mean_ablation")

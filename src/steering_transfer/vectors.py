@@ -19,11 +19,12 @@ from typing import Any, Literal
 import torch
 
 from .activations import forward_layer
-from .errors import SteeringTransferError, check_finite, check_matrix, check_texts
+from .errors import SteeringTransferError
 from .io import atomic_path, write_tensors
 from .mappers.base import Mapper
 from .models import ModelHandle
 from .positions import trigger_mask
+from .validate import check_finite, check_matrix, check_texts
 
 FORMAT_VERSION = 1
 HOOK_SITES = ("block_output",)

@@ -11,7 +11,8 @@ from typing import Any, Protocol
 import torch
 
 from ..config import DictConfig
-from ..errors import SteeringTransferError, check_texts
+from ..errors import SteeringTransferError
+from ..validate import check_texts
 from .embedding import EmbeddingJudge, cosine_to_score
 from .rouge import rouge_l
 from .winrate import WinRate, mva, tvs

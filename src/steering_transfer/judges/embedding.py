@@ -17,7 +17,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..errors import SteeringTransferError, check_texts
+from ..errors import SteeringTransferError
+from ..validate import check_texts
 
 __all__ = [
     "PACKAGED_EMBEDDING_MODEL",

@@ -22,7 +22,8 @@ import urllib.request
 from collections.abc import Sequence
 from typing import Any
 
-from ..errors import SteeringTransferError, check_texts
+from ..errors import SteeringTransferError
+from ..validate import check_texts
 
 __all__ = [
     "COHERENCE_RUBRIC",

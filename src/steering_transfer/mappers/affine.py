@@ -17,7 +17,8 @@ from typing import Literal
 import torch
 from torch import nn
 
-from steering_transfer.errors import SteeringTransferError, check_nonnegative
+from steering_transfer.errors import SteeringTransferError
+from steering_transfer.validate import check_nonnegative
 
 from .autoencoder import GradientConfig, init_linear_, train_mse
 from .base import FitReport, Mapper, register_mapper

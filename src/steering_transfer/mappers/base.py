@@ -19,8 +19,9 @@ import torch
 from torch import nn
 
 from steering_transfer.config import DictConfig
-from steering_transfer.errors import SteeringTransferError, check_finite, check_matrix
+from steering_transfer.errors import SteeringTransferError
 from steering_transfer.io import read_json, read_tensors, write_json, write_tensors
+from steering_transfer.validate import check_finite, check_matrix
 
 WEIGHTS_FILE = "mapper.safetensors"
 CONFIG_FILE = "config.json"

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from steering_transfer.errors import SteeringTransferError, check_nonnegative
+from steering_transfer.errors import SteeringTransferError
+from steering_transfer.validate import check_nonnegative
 
 from .affine import compute_moments, ridge_penalty, ridge_solution
 from .base import FitReport, Mapper, MapperConfig, register_mapper

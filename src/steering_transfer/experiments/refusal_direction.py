@@ -27,10 +27,10 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from . import hooks
-from .errors import SteeringTransferError
-from .models import ModelHandle
-from .vectors import SteeringVector
+from steering_transfer import hooks
+from steering_transfer.errors import SteeringTransferError
+from steering_transfer.models import ModelHandle
+from steering_transfer.vectors import SteeringVector
 
 Intervention = Callable[[], AbstractContextManager[object]]
 REFUSAL_WORDS: tuple[str, ...] = ("I", "As")

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import math
 
-from ..metrics import Rate
-from ..refusal_direction import DirectionChoice
-from ..refusal_transfer import RefusalResult
-from .cells import Verdict, cell_config, ratio_figure, verdict_from
-from .matrix import PairSpec, Thresholds
-from .records import Record, figure, rate_figure
+from steering_transfer.experiments.refusal import RefusalResult
+from steering_transfer.experiments.refusal_direction import DirectionChoice
+from steering_transfer.metrics import Rate
+from steering_transfer.suite.cells.backdoor import (
+    Verdict,
+    cell_config,
+    ratio_figure,
+    verdict_from,
+)
+from steering_transfer.suite.matrix import PairSpec, Thresholds
+from steering_transfer.suite.records import Record, figure, rate_figure
 
 REFUSAL_PREAMBLE = (
     "The paper's refusal experiment (sec. 4.3) on our own harmful / harmless request templates. "
