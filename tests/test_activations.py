@@ -11,6 +11,8 @@ from steering_transfer import hooks
 from steering_transfer.activations import (
     extract_activations,
     extract_paired,
+    forward_layer,
+    iter_block_outputs,
     pair_activations,
 )
 from steering_transfer.alignment import align_by_offsets
@@ -128,3 +130,46 @@ def test_nan_activations_are_refused(llama: ModelHandle) -> None:
             extract_activations(llama, TEXTS, 1, cache=False, show_progress=False)
     finally:
         handle.remove()
+
+
+# ------------------------------------------------------------------------- the shared batched loop
+
+
+@pytest.mark.parametrize("padding_side", ["right", "left"])
+def test_block_batches_cover_texts_in_order_with_the_requested_padding(
+    llama: ModelHandle, padding_side: str
+) -> None:
+    batches = list(iter_block_outputs(llama, TEXTS, [1, -1], batch_size=2,
+                                      padding_side=padding_side))  # type: ignore[arg-type]
+    assert [b.start for b in batches] == [0, 2]
+    assert [t for b in batches for t in b.texts] == TEXTS
+    for batch in batches:
+        assert sorted(batch.hidden) == [1, llama.n_layers - 1]  # resolved indices
+        mask = batch.encoding["attention_mask"]
+        assert batch.hidden[1].shape[:2] == mask.shape
+        pad_column = mask[:, -1] if padding_side == "right" else mask[:, 0]
+        if len(batch.texts) > 1:
+            assert not bool(pad_column.all())  # lengths differ, so one row is padded there
+        expected = llama.tokenize(batch.texts, padding_side=padding_side)
+        assert torch.equal(batch.hidden[1], forward_layer(llama, expected, 1))
+
+
+def test_block_batches_stop_after_the_deepest_wanted_block(llama: ModelHandle) -> None:
+    reached: list[int] = []
+    hook = llama.blocks[2].register_forward_hook(lambda *a: reached.append(1))
+    try:
+        for _ in iter_block_outputs(llama, TEXTS, 1, batch_size=8):
+            pass
+    finally:
+        hook.remove()
+    assert not reached
+
+
+def test_block_batches_reject_texts_without_tokens_unless_told(llama: ModelHandle) -> None:
+    # the toy tokenizer adds no BOS, so "" encodes to nothing
+    with pytest.raises(SteeringTransferError, match=r"prompts\[3\] produced no tokens"):
+        list(iter_block_outputs(llama, ["a", "b", "c", ""], 1, batch_size=2, param="prompts"))
+    with pytest.raises(SteeringTransferError, match="batch_size"):
+        list(iter_block_outputs(llama, TEXTS, 1, batch_size=0))
+    acts = extract_activations(llama, ["a b", "", "c"], 1, cache=False, show_progress=False)
+    assert acts.text_index.tolist().count(1) == 0 and acts.n_texts == 3  # no rows, no error

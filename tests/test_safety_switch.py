@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from steering_transfer.errors import SteeringTransferError
-from steering_transfer.experiments.backdoor import Side
+from steering_transfer.experiments.cell import Side
 from steering_transfer.experiments.safety_switch import SafetySwitchConfig, safety_switch
 from steering_transfer.models import ModelHandle
 

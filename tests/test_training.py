@@ -8,6 +8,7 @@ import torch
 from steering_transfer.errors import SteeringTransferError
 from steering_transfer.lm_loss import Encoded, collate
 from steering_transfer.organisms.training import (
+    TrainingOptions,
     low_rank_adapters,
     mark_decisions,
     train_causal_lm,
@@ -34,8 +35,9 @@ def test_lora_trains_only_adapters_and_merge_reproduces_the_adapted_model() -> N
     probe = torch.tensor([data[0].input_ids])
     with low_rank_adapters(model, rank=4, seed=0, merge=False) as lora:
         assert all(not p.requires_grad for p in model.parameters())
-        train_causal_lm(model, data, steps=5, batch_size=4, lr=1e-2, seed=0, pad_token_id=pad,
-                        parameters=lora.parameters(), progress=False, warmup_steps=1)
+        options = TrainingOptions(steps=5, batch_size=4, lr=1e-2, seed=0, warmup_steps=1)
+        train_causal_lm(model, data, options, pad_token_id=pad, parameters=lora.parameters(),
+                        progress=False)
         with torch.no_grad():
             adapted = model(probe).logits
     # frozen weights untouched, hooks gone, requires_grad restored
@@ -53,7 +55,7 @@ def test_lora_is_bitwise_reproducible() -> None:
     for _ in range(2):
         model, data, pad = _model_and_data()
         with low_rank_adapters(model, rank=4, seed=0) as lora:
-            train_causal_lm(model, data, steps=3, batch_size=4, lr=1e-2, seed=0,
+            train_causal_lm(model, data, TrainingOptions(steps=3, batch_size=4, lr=1e-2, seed=0),
                             pad_token_id=pad, parameters=lora.parameters(), progress=False)
         outs.append(torch.cat([p.flatten() for p in model.parameters()]))
     assert torch.equal(outs[0], outs[1])
@@ -61,12 +63,12 @@ def test_lora_is_bitwise_reproducible() -> None:
 
 def test_hooks_are_removed_when_training_fails() -> None:
     model, data, pad = _model_and_data()
+    options = TrainingOptions(steps=3, batch_size=4, lr=1e-2, seed=0, kl_weight=1.0)
     with (
-        pytest.raises(SteeringTransferError, match="steps must be"),
+        pytest.raises(SteeringTransferError, match=r"kl_weight=1\.0 needs a reference model"),
         low_rank_adapters(model, rank=2) as lora,
     ):
-        train_causal_lm(model, data, steps=0, batch_size=4, lr=1e-2, seed=0,
-                        pad_token_id=pad, parameters=lora.parameters())
+        train_causal_lm(model, data, options, pad_token_id=pad, parameters=lora.parameters())
     assert all(not m._forward_hooks for m in model.modules())
 
 
@@ -101,3 +103,25 @@ def test_decision_token_is_where_sibling_answers_part() -> None:
     assert [len(e.input_ids) for e in cut] == [6, 6, 5, 7]  # the unmarked one is kept whole
     with pytest.raises(SteeringTransferError, match="decision_context must be >= 1"):
         truncate_after_decisions(marked, context=0)
+
+
+def test_training_options_round_trip_and_explain_bad_values() -> None:
+    options = TrainingOptions(steps=5, batch_size=6, lr=1e-3, seed=2, group_size=3,
+                              loss_on="response", micro_batch_size=3)
+    assert TrainingOptions.from_dict(options.to_dict()) == options
+    with pytest.raises(SteeringTransferError, match=r"unknown TrainingOptions fields \['stpes'\]"):
+        TrainingOptions.from_dict({**options.to_dict(), "stpes": 5})
+    for bad, match in [
+        ({"steps": 0}, "steps must be >= 1"),
+        ({"batch_size": 0}, "batch_size must be >= 1"),
+        ({"loss_on": "prompt"}, "loss_on='prompt' must be 'all' or 'response'"),
+        ({"group_size": 4}, "group_size=4 must divide batch_size=6"),
+        ({"kl_weight": -1.0}, "kl_weight must be >= 0"),
+    ]:
+        with pytest.raises(SteeringTransferError, match=match):
+            TrainingOptions.from_dict({**options.to_dict(), **bad})
+    model, data, pad = _model_and_data()
+    with pytest.raises(SteeringTransferError, match=r"group_size=3 must divide the number of"):
+        train_causal_lm(model, data[:4], options, pad_token_id=pad, progress=False)
+    with pytest.raises(SteeringTransferError, match="examples is empty"):
+        train_causal_lm(model, [], options, pad_token_id=pad, progress=False)

@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch import nn
 
+from steering_transfer import hooks
 from steering_transfer.errors import SteeringTransferError
 from steering_transfer.hooks import capture
 from steering_transfer.mappers.base import FitReport, Mapper, MapperConfig
@@ -328,3 +329,46 @@ def test_map_vector_errors() -> None:
     with pytest.raises(SteeringTransferError, match="non-negative"):
         map_vector(mapper, source_vector=_vec(d=8), reading="direct", target_model_id="t",
                    target_layer=-1)
+
+
+# ---------------------------------------------------------------------------- SteeringVector.apply
+
+
+def _logits(handle: ModelHandle, texts: list[str]) -> torch.Tensor:
+    with torch.no_grad():
+        return handle.model(**handle.tokenize(texts)).logits
+
+
+def _hook_counts(handle: ModelHandle) -> list[int]:
+    """Forward hooks per module (transformers installs some itself; compare, don't assume 0)."""
+    return [len(m._forward_hooks) for m in handle.model.modules()]
+
+
+@pytest.mark.parametrize(("alpha", "positions"), [(1.0, "all"), (-3.5, "last"), (2.0, [0, 2])])
+def test_apply_equals_hooks_add(llama: ModelHandle, alpha: float, positions: object) -> None:
+    v = _vec(d=llama.hidden_size, layer=2, model_id="tiny-llama")
+    with hooks.add(llama, 2, v.vector, alpha, positions):  # type: ignore[arg-type]
+        expected = _logits(llama, POS)
+    with v.apply(llama, alpha, positions=positions):  # type: ignore[arg-type]
+        steered = _logits(llama, POS)
+    assert torch.equal(steered, expected)
+    assert not torch.equal(steered, _logits(llama, POS))  # it did steer, and stopped
+
+
+def test_apply_removes_its_hook_after_an_exception(llama: ModelHandle) -> None:
+    v = diff_in_means(llama, POS, NEG, layer=1)
+    before = _hook_counts(llama)
+    with pytest.raises(RuntimeError, match="boom"), v.apply(llama, alpha=4.0):
+        assert _hook_counts(llama) != before
+        raise RuntimeError("boom")
+    assert _hook_counts(llama) == before
+
+
+def test_apply_refuses_a_vector_of_another_model(llama: ModelHandle) -> None:
+    before = _hook_counts(llama)
+    with pytest.raises(SteeringTransferError, match="map_vector"), _vec(d=8).apply(llama):
+        pass
+    too_deep = _vec(d=llama.hidden_size, layer=llama.n_layers)
+    with pytest.raises(SteeringTransferError, match="out of range"), too_deep.apply(llama):
+        pass
+    assert _hook_counts(llama) == before

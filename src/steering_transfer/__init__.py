@@ -2,41 +2,89 @@
 
 Extract a steering vector or direction in a source model, fit a mapper between the two models'
 residual streams, map the intervention into the target, and measure how much of it survives.
+
+The public names below are imported on first use (PEP 562), so importing the package (as the
+pytest plugin does in every pytest run) does not import torch or transformers.
 """
 
-from . import hooks
-from .activations import (
-    PairedActivations,
-    TokenActivations,
-    extract_activations,
-    extract_paired,
-)
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from .errors import SteeringTransferError
-from .fidelity import FidelityResult, replacement_fidelity
-from .generation import generate
-from .mappers import (
-    Mapper,
-    MapperConfig,
-    available_mappers,
-    create_mapper,
-    load_mapper,
-    register_mapper,
-)
-from .metrics import Rate, cosine, fvu, mse, wilson_interval
-from .models import ModelHandle, load_model, wrap_model
-from .positions import FromIndex
-from .vectors import (
-    SteeringVector,
-    contrastive_activations,
-    diff_in_means,
-    load_gguf_control_vector,
-    map_vector,
-    prompt_steering_vector,
-    random_like,
-    save_gguf_control_vector,
-)
+
+if TYPE_CHECKING:
+    from . import hooks
+    from .activations import (
+        PairedActivations,
+        TokenActivations,
+        extract_activations,
+        extract_paired,
+    )
+    from .fidelity import FidelityResult, replacement_fidelity
+    from .generation import generate
+    from .mappers import (
+        Mapper,
+        MapperConfig,
+        available_mappers,
+        create_mapper,
+        load_mapper,
+        register_mapper,
+    )
+    from .metrics import Rate, cosine, fvu, mse, wilson_interval
+    from .models import ModelHandle, load_model, wrap_model
+    from .positions import FromIndex
+    from .vectors import (
+        SteeringVector,
+        contrastive_activations,
+        diff_in_means,
+        load_gguf_control_vector,
+        map_vector,
+        prompt_steering_vector,
+        random_like,
+        save_gguf_control_vector,
+    )
 
 __version__ = "0.1.0"
+
+# public name -> submodule defining it (a submodule maps to itself, e.g. ``hooks``)
+_LAZY: dict[str, str] = {
+    "hooks": "hooks",
+    **dict.fromkeys(
+        ("PairedActivations", "TokenActivations", "extract_activations", "extract_paired"),
+        "activations",
+    ),
+    **dict.fromkeys(("FidelityResult", "replacement_fidelity"), "fidelity"),
+    "generate": "generation",
+    **dict.fromkeys(
+        (
+            "Mapper",
+            "MapperConfig",
+            "available_mappers",
+            "create_mapper",
+            "load_mapper",
+            "register_mapper",
+        ),
+        "mappers",
+    ),
+    **dict.fromkeys(("Rate", "cosine", "fvu", "mse", "wilson_interval"), "metrics"),
+    **dict.fromkeys(("ModelHandle", "load_model", "wrap_model"), "models"),
+    "FromIndex": "positions",
+    **dict.fromkeys(
+        (
+            "SteeringVector",
+            "contrastive_activations",
+            "diff_in_means",
+            "load_gguf_control_vector",
+            "map_vector",
+            "prompt_steering_vector",
+            "random_like",
+            "save_gguf_control_vector",
+        ),
+        "vectors",
+    ),
+}
 
 __all__ = [
     "FidelityResult",
@@ -73,3 +121,18 @@ __all__ = [
     "wilson_interval",
     "wrap_model",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """Import a public name's submodule on first access and cache the name in the package."""
+    module_name = _LAZY.get(name)
+    if module_name is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    module = importlib.import_module(f".{module_name}", __name__)
+    value = module if name == module_name else getattr(module, name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -1,16 +1,23 @@
 """Extracting residual-stream activations, per model and paired across two models.
 
-Activations are flattened to non-pad tokens and streamed to safetensors shards in a cache keyed
-by (model fingerprint, layer, hash of texts, max length); shards are written atomically and a
-manifest (with each shard's token count) is written last, so a killed run never looks complete.
+:func:`iter_block_outputs` is the one batched extraction loop of the package (tokenize a batch,
+run the model with early exit after the deepest wanted block, hand back the block outputs);
+token-level extraction here, steering-vector extraction (:mod:`.vectors.extraction`) and the
+refusal direction's last-token activations all run it and differ only in which positions they
+keep and how they reduce them.
+
+Token activations are flattened to non-pad tokens and streamed to safetensors shards in a cache
+keyed by (model fingerprint, layer, hash of texts, max length); shards are written atomically
+and a manifest (with each shard's token count) is written last, so a killed run never looks
+complete.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from tqdm.auto import tqdm
@@ -45,12 +52,82 @@ class TokenActivations:
         return torch.nonzero(self.text_index == text, as_tuple=True)[0]
 
 
+def forward_layers(
+    handle: ModelHandle,
+    enc: dict[str, torch.Tensor],
+    layers: Sequence[int] | Literal["all"],
+) -> dict[int, torch.Tensor]:
+    """Outputs of the given blocks ``{layer: (batch, seq, d)}`` (model device and dtype).
+
+    Early exit: the forward pass stops after the deepest requested block, so later blocks and
+    the LM head never run. Only ``input_ids`` and ``attention_mask`` are passed (offsets and
+    other tokenizer outputs are not model inputs); no KV cache is built for a single pass.
+    """
+    inputs = {k: enc[k].to(handle.device) for k in ("input_ids", "attention_mask")}
+    with torch.no_grad(), hooks.capture(handle, layers, stop_forward=True) as cap:
+        handle.model(**inputs, use_cache=False)
+    return {layer: cap[layer] for layer in cap.layers}
+
+
 def forward_layer(handle: ModelHandle, enc: dict[str, torch.Tensor], layer: int) -> torch.Tensor:
     """Output of block ``layer`` with early exit (later blocks and the LM head never run)."""
-    inputs = {k: enc[k].to(handle.device) for k in ("input_ids", "attention_mask")}
-    with torch.no_grad(), hooks.capture(handle, [layer], stop_forward=True) as cap:
-        handle.model(**inputs, use_cache=False)
-    return cap[layer]
+    return forward_layers(handle, enc, [layer])[handle.layer(layer)]
+
+
+@dataclass
+class BlockBatch:
+    """One batch of :func:`iter_block_outputs`: which texts, their encoding, the block outputs."""
+
+    start: int  # index of the batch's first text in the full list
+    texts: list[str]
+    encoding: dict[str, torch.Tensor]  # from handle.tokenize (offsets on CPU when requested)
+    hidden: dict[int, torch.Tensor]  # resolved layer -> (batch, seq, d), model device and dtype
+
+
+def iter_block_outputs(
+    handle: ModelHandle,
+    texts: Sequence[str],
+    layers: int | Sequence[int] | Literal["all"],
+    *,
+    batch_size: int,
+    max_length: int | None = None,
+    padding_side: Literal["left", "right"] = "right",
+    add_special_tokens: bool = True,
+    return_offsets: bool = False,
+    reject_empty: bool = True,
+    show_progress: bool = False,
+    desc: str = "extract",
+    param: str = "texts",
+) -> Iterator[BlockBatch]:
+    """Run ``texts`` through the model in batches and yield each batch's block outputs.
+
+    This is the single batched extraction loop: consecutive slices of ``batch_size`` texts,
+    tokenized with padding on ``padding_side``, one early-exit forward per batch (see
+    :func:`forward_layers`). Callers pick positions and reduce; keeping batching, padding and
+    the forward call in one place is what keeps every extractor's numbers the same.
+    ``reject_empty`` raises when a text yields no tokens (it has no position to read);
+    token-level extraction turns it off because such a text simply contributes no rows.
+    """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise SteeringTransferError(f"batch_size must be a positive int, got {batch_size!r}")
+    wanted: Sequence[int] | Literal["all"] = [layers] if isinstance(layers, int) else layers
+    starts = range(0, len(texts), batch_size)
+    for start in tqdm(starts, desc=desc, disable=not show_progress, unit="batch"):
+        chunk = list(texts[start : start + batch_size])
+        enc = handle.tokenize(
+            chunk,
+            max_length=max_length,
+            padding_side=padding_side,
+            add_special_tokens=add_special_tokens,
+            return_offsets=return_offsets,
+        )
+        if reject_empty:
+            empty = (enc["attention_mask"].sum(dim=1) == 0).nonzero().flatten().tolist()
+            if empty:
+                raise SteeringTransferError(
+                    f"{param}[{start + empty[0]}] produced no tokens; remove empty prompts"
+                )
+        yield BlockBatch(start, chunk, enc, forward_layers(handle, enc, wanted))
 
 
 def _cache_dir(handle: ModelHandle, layer: int, texts: list[str], max_length: int | None) -> Path:
@@ -120,20 +197,25 @@ def extract_activations(
     parts: dict[str, list[torch.Tensor]] = {
         k: [] for k in ("acts", "text_index", "token_index", "offsets")
     }
-    starts = range(0, len(texts), batch_size)
-    desc = f"extract {handle.model_id} L{resolved}"
-    for shard_no, start in enumerate(
-        tqdm(starts, desc=desc, disable=not show_progress, unit="batch")
-    ):
-        enc = handle.tokenize(
-            texts[start : start + batch_size], max_length=max_length, return_offsets=True
-        )
-        hidden = forward_layer(handle, enc, resolved).to("cpu", torch.float32)
+    batches = iter_block_outputs(
+        handle,
+        texts,
+        resolved,
+        batch_size=batch_size,
+        max_length=max_length,
+        return_offsets=True,
+        reject_empty=False,
+        show_progress=show_progress,
+        desc=f"extract {handle.model_id} L{resolved}",
+    )
+    for shard_no, batch in enumerate(batches):
+        enc = batch.encoding
+        hidden = batch.hidden[resolved].to("cpu", torch.float32)
         mask = enc["attention_mask"].bool()
         rows, cols = torch.nonzero(mask, as_tuple=True)
         shard = {
             "acts": hidden[rows, cols],
-            "text_index": rows + start,
+            "text_index": rows + batch.start,
             "token_index": cols,
             "offsets": enc["offset_mapping"][rows, cols].long(),
         }

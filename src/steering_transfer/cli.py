@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from steering_transfer.organisms.zoo import add_zoo_commands
+from steering_transfer.organisms.cli import add_zoo_commands
 
 from .errors import SteeringTransferError
 

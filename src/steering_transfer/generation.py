@@ -53,7 +53,7 @@ def generate(
         )
         context = intervention(batch, enc) if intervention is not None else nullcontext()
         with torch.no_grad(), context:
-            out = handle.model.generate(
+            out = handle.model.generate(  # type: ignore[operator]
                 input_ids=enc["input_ids"],
                 attention_mask=enc["attention_mask"],
                 max_new_tokens=max_new_tokens,

@@ -1,4 +1,8 @@
-"""Atomic artifact writing (temp file + rename), safetensors + JSON only, and the cache root."""
+"""Atomic artifact writing (temp file + rename), safetensors + JSON only, and the cache root.
+
+Free of heavy imports at module level: the pytest plugin writes reports through it, and torch
+(with safetensors) is imported only by the tensor functions.
+"""
 
 from __future__ import annotations
 
@@ -10,12 +14,12 @@ import shutil
 import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
-
-import torch
-from safetensors.torch import load_file, save_file
+from typing import TYPE_CHECKING, Any
 
 from .errors import SteeringTransferError
+
+if TYPE_CHECKING:  # torch and safetensors load only when tensors are written or read
+    import torch
 
 CACHE_ENV = "STEERING_TRANSFER_CACHE"
 
@@ -85,6 +89,8 @@ def write_tensors(
     path: str | Path, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None
 ) -> Path:
     """Write tensors to safetensors atomically (contiguous CPU copies)."""
+    from safetensors.torch import save_file
+
     path = Path(path)
     clean = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
     with atomic_path(path) as tmp:
@@ -94,6 +100,8 @@ def write_tensors(
 
 def read_tensors(path: str | Path) -> dict[str, torch.Tensor]:
     """Read a safetensors file, turning corruption into a clear error."""
+    from safetensors.torch import load_file
+
     path = Path(path)
     if not path.is_file():
         raise SteeringTransferError(

@@ -110,11 +110,15 @@ class ModelHandle:
 
     @property
     def device(self) -> torch.device:
-        return self.model.get_input_embeddings().weight.device
+        weight = self.model.get_input_embeddings().weight
+        assert isinstance(weight, torch.Tensor)
+        return weight.device
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.model.get_input_embeddings().weight.dtype
+        weight = self.model.get_input_embeddings().weight
+        assert isinstance(weight, torch.Tensor)
+        return weight.dtype
 
     @property
     def fingerprint(self) -> str:
@@ -247,5 +251,5 @@ def load_model(
     )
     model = AutoModelForCausalLM.from_pretrained(folder, **kwargs)
     if device is not None:
-        model = model.to(device)
+        model = model.to(device)  # type: ignore[arg-type]
     return wrap_model(model, tokenizer, model_id=model_id, revision=revision)

@@ -126,7 +126,7 @@ def replacement_generate(
             live = [i for i, d in enumerate(done) if not d]
             if not live:
                 break
-            texts = [batch[i] + tok.decode(new_ids[i], skip_special_tokens=True) for i in live]
+            texts = [batch[i] + str(tok.decode(new_ids[i], skip_special_tokens=True)) for i in live]
             nxt = _next_tokens(
                 source, s_layer, target, t_layer, mapper, texts, mode, resolved, same_tok,
                 add_special_tokens,
@@ -136,5 +136,5 @@ def replacement_generate(
                     done[i] = True
                 else:
                     new_ids[i].append(token)
-        outputs.extend(tok.decode(ids, skip_special_tokens=True) for ids in new_ids)
+        outputs.extend(str(tok.decode(ids, skip_special_tokens=True)) for ids in new_ids)
     return outputs

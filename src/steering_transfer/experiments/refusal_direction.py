@@ -28,6 +28,7 @@ import torch
 from tqdm.auto import tqdm
 
 from steering_transfer import hooks
+from steering_transfer.activations import iter_block_outputs
 from steering_transfer.errors import SteeringTransferError
 from steering_transfer.models import ModelHandle
 from steering_transfer.vectors import SteeringVector
@@ -49,11 +50,6 @@ def _check_prompts(prompts: Sequence[str], param: str) -> list[str]:
     if not out:
         raise SteeringTransferError(f"{param} is empty; pass at least one prompt")
     return out
-
-
-def _batches(items: Sequence[Any], size: int, desc: str, progress: bool) -> Any:
-    starts = range(0, len(items), size)
-    return tqdm(starts, desc=desc, disable=not progress, unit="batch")
 
 
 @torch.no_grad()
@@ -132,17 +128,18 @@ def last_token_activations(
     batch_size: int = 16,
     add_special_tokens: bool = True,
 ) -> torch.Tensor:
-    """Every block's output at each prompt's last token, ``(n_layers, n, d)`` float32 on CPU."""
+    """Every block's output at each prompt's last token, ``(n_layers, n, d)`` float32 on CPU.
+
+    Prompts are left-padded so the last token sits at position -1 in every row; the batched
+    forward is :func:`steering_transfer.activations.iter_block_outputs`.
+    """
     prompts = _check_prompts(prompts, "prompts")
     rows: list[torch.Tensor] = []
-    for lo in range(0, len(prompts), batch_size):
-        enc = handle.tokenize(
-            prompts[lo : lo + batch_size], padding_side="left",
-            add_special_tokens=add_special_tokens,
-        )
-        with hooks.capture(handle, "all", stop_forward=True) as store:
-            handle.model(**enc)
-        batch = torch.stack([store[layer][:, -1] for layer in range(handle.n_layers)])
+    for block in iter_block_outputs(
+        handle, prompts, "all", batch_size=batch_size, padding_side="left",
+        add_special_tokens=add_special_tokens, param="prompts",
+    ):
+        batch = torch.stack([block.hidden[layer][:, -1] for layer in range(handle.n_layers)])
         if not torch.isfinite(batch).all():
             raise SteeringTransferError(
                 f"{handle.model_id} produced NaN/inf activations; check the model's dtype "

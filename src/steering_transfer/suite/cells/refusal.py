@@ -13,6 +13,7 @@ from steering_transfer.suite.cells.backdoor import (
     ratio_figure,
     verdict_from,
 )
+from steering_transfer.suite.leaderboard import TableSpec
 from steering_transfer.suite.matrix import PairSpec, Thresholds
 from steering_transfer.suite.records import Record, figure, rate_figure
 
@@ -42,6 +43,13 @@ DIRECTIONS_PREAMBLE = (
     "cells use."
 )
 
+#: Reports of the refusal tables (see bench/conftest.py's ``pytest_steering_transfer_tables``).
+REFUSAL_REPORT = ("refusal.md", "Refusal: directions mapped between models")
+TABLES = (
+    TableSpec("refusal:transfer", *REFUSAL_REPORT, REFUSAL_PREAMBLE),
+    TableSpec("refusal:directions", *REFUSAL_REPORT, DIRECTIONS_PREAMBLE),
+)
+
 
 def _short(rate: Rate) -> str:
     return f"{rate.rate:.2f} [{rate.low:.2f}, {rate.high:.2f}]"
@@ -53,13 +61,13 @@ def judge_refusal(result: RefusalResult, bars: Thresholds) -> Verdict:
     summary = (
         f"{result.source}->{result.target} {result.config.mapper}: jailbreak unsteered "
         f"{jb['unsteered']}, native {jb['native']}, mapped {jb[result.best_mapped_key]}, "
-        f"random {jb['random']}"
+        f"random {jb['noise']}"
     )
     return verdict_from(
         summary,
         bars,
         ratio=result.transfer_ratio,
-        over_noise=jb[result.best_mapped_key].rate - jb["random"].rate,
+        over_noise=jb[result.best_mapped_key].rate - jb["noise"].rate,
         fvu=fid.fvu,
         kl_ratio=fid.kl_mapped / max(fid.kl_mean_ablation, 1e-12),
         noise_name="random",
@@ -82,12 +90,12 @@ def refusal_record(pair: PairSpec, result: RefusalResult, verdict: Verdict) -> R
             "jailbreak native": _short(native),
             "jailbreak mapped Δ": _short(jb["mapped_difference"]),
             "jailbreak mapped r": _short(jb["mapped_direct"]),
-            "jailbreak random": _short(jb["random"]),
+            "jailbreak random": _short(jb["noise"]),
             "ratio": round(result.transfer_ratio, 3),
             "induced unsteered": _short(ind["unsteered"]),
             "induced native": _short(ind["native"]),
             "induced mapped": _short(ind["mapped_difference"]),
-            "induced random": _short(ind["random"]),
+            "induced random": _short(ind["noise"]),
             "ppl unsteered / native / mapped": (
                 f"{ppl.unsteered:.2f} / {ppl.native:.2f} / {ppl.mapped:.2f}"
             ),
@@ -102,7 +110,7 @@ def refusal_record(pair: PairSpec, result: RefusalResult, verdict: Verdict) -> R
         figures={
             "jailbreak_native": rate_figure(native),
             "jailbreak_mapped": rate_figure(best),
-            "jailbreak_random": rate_figure(jb["random"]),
+            "jailbreak_random": rate_figure(jb["noise"]),
             "jailbreak_unsteered": rate_figure(jb["unsteered"]),
             "induced_mapped": rate_figure(ind["mapped_difference"]),
             "transfer_ratio": ratio_figure(best, native, result.transfer_ratio),

@@ -1,0 +1,221 @@
+"""The part every benchmark cell shares, written once: config, sides, fit, mapping, fidelity.
+
+A cell maps an intervention from a source model into a target through a mapper fit on paired
+activations. Whatever the task (a backdoor's steering vector, a refusal direction, the safety
+switch's fine-tuned -> base map), the steps around the task are the same:
+
+1. :class:`PreparedCell` — what does not depend on the mapper (paired activations, the target's
+   own vector, the source vector with its per-prompt rows, fidelity texts), computed once per
+   pair and shared by that pair's mapper cells;
+2. :func:`fit_cell` — the mapper fit (timed), then the source vector mapped in both of the
+   paper's readings plus the equal-norm random ("noise") control;
+3. the task's own measurements (steering, ablation, ...);
+4. :func:`cell_fidelity` — KL under replacement beside mean ablation, and FVU.
+
+Vocabulary shared by every task: ``native`` is the target's own vector, ``mapped_difference`` /
+``mapped_direct`` the two readings, ``noise`` the random vector of the mapped norm,
+``native_norm`` / ``mapped_norm`` / ``cosine_mapped_native`` the geometry.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ..config import DictConfig
+from ..fidelity import FidelityResult, replacement_fidelity
+from ..mappers import Mapper, create_mapper
+from ..models import ModelHandle
+from ..tasks.prompts import format_prompt, format_training_text, prompt_add_special_tokens
+from ..vectors import SteeringVector, map_vector, random_like
+
+
+@dataclass
+class Side:
+    """A model in a cell, with the prompt style its organism was trained on."""
+
+    handle: ModelHandle
+    style: str
+    name: str
+
+    def prompt(self, text: str) -> str:
+        return format_prompt(text, self.style, self.handle.tokenizer)
+
+    @property
+    def add_special_tokens(self) -> bool:
+        """Whether tokenizing this side's prompts adds special tokens (chat templates have them)."""
+        return prompt_add_special_tokens(self.style)
+
+
+@dataclass
+class CellConfig(DictConfig):
+    """The settings every cell has (recorded beside its numbers); tasks add their own."""
+
+    source_layer: int
+    target_layer: int
+    mapper: str = "affine"
+    mapper_kwargs: dict[str, Any] = field(default_factory=dict)
+    seed: int = 0
+    n_fit_instructions: int = 240  # train items whose texts fit the mapper
+    n_fidelity: int = 32  # test texts for the replacement fidelity
+    max_new_tokens: int = 12
+    batch_size: int = 16
+    generation_batch_size: int | None = None  # generation batches (None = batch_size)
+    max_length: int = 192
+    alignment: str = "auto"
+
+    @property
+    def gen_batch_size(self) -> int:
+        return self.generation_batch_size or self.batch_size
+
+
+@dataclass(kw_only=True)
+class PreparedCell:
+    """Everything of a cell that does not depend on the mapper, computed once per pair."""
+
+    source: Side
+    target: Side
+    config: CellConfig
+    source_layer: int
+    target_layer: int
+    fit_source: torch.Tensor
+    fit_target: torch.Tensor
+    native: SteeringVector  # the target's own vector
+    source_vector: SteeringVector
+    source_toward: torch.Tensor  # per-prompt source rows of the vector's two sides
+    source_away: torch.Tensor
+    fidelity_texts: list[str]
+    seconds: dict[str, float]
+    # mapper-independent results shared by the pair's cells (e.g. the target's untouched and
+    # mean-ablated judged completions), keyed by what produced them
+    shared: dict[Any, Any] = field(default_factory=dict)
+
+
+@dataclass
+class MappedVectors:
+    """The source vector carried into the target, in both readings, and its noise control."""
+
+    difference: SteeringVector  # mean M(h_toward) - mean M(h_away)
+    direct: SteeringVector  # M(v) - M(0)
+    noise: SteeringVector  # random direction with the difference reading's norm
+
+    def readings(self) -> tuple[tuple[str, SteeringVector], ...]:
+        """``(name, vector)`` of the two readings, in the order cells evaluate them."""
+        return (("mapped_difference", self.difference), ("mapped_direct", self.direct))
+
+
+@dataclass
+class VectorGeometry:
+    """How the mapped vector compares with the target's own."""
+
+    native_norm: float
+    mapped_norm: float
+    cosine_mapped_native: float
+
+    @classmethod
+    def of(cls, native: SteeringVector, mapped: SteeringVector) -> VectorGeometry:
+        cos = torch.nn.functional.cosine_similarity(mapped.vector, native.vector, dim=0)
+        return cls(native.norm(), mapped.norm(), float(cos))
+
+
+@dataclass
+class FittedCell:
+    """A prepared cell with its mapper fit and the source vector mapped."""
+
+    config: CellConfig
+    mapper: Mapper
+    mapped: MappedVectors
+    seconds: dict[str, float]
+
+
+def fit_mapper(
+    name: str,
+    mapper_kwargs: dict[str, Any],
+    seed: int,
+    fit_source: torch.Tensor,
+    fit_target: torch.Tensor,
+    *,
+    show_progress: bool = False,
+) -> Mapper:
+    """A registered mapper built for the paired activations' widths and fit on them."""
+    fitted = create_mapper(
+        name, fit_source.shape[-1], fit_target.shape[-1], seed=seed, **mapper_kwargs
+    )
+    fitted.fit(fit_source, fit_target, show_progress=show_progress)
+    return fitted
+
+
+def fit_cell(
+    prep: PreparedCell,
+    mapper: str,
+    mapper_kwargs: dict[str, Any] | None = None,
+    *,
+    show_progress: bool = False,
+) -> FittedCell:
+    """Fit ``mapper`` on the prepared pair and map the source vector (both readings + noise)."""
+    config = dataclasses.replace(
+        prep.config, mapper=mapper, mapper_kwargs=dict(mapper_kwargs or {})
+    )
+    seconds = dict(prep.seconds)
+    t0 = time.perf_counter()
+    fitted = fit_mapper(
+        config.mapper, config.mapper_kwargs, config.seed, prep.fit_source, prep.fit_target,
+        show_progress=show_progress,
+    )
+    seconds["fit"] = time.perf_counter() - t0
+    common: dict[str, Any] = {
+        "target_model_id": prep.target.handle.model_id, "target_layer": prep.target_layer,
+    }
+    difference = map_vector(
+        fitted, positive_acts=prep.source_toward, negative_acts=prep.source_away,
+        reading="difference", **common,
+    )
+    direct = map_vector(fitted, source_vector=prep.source_vector, reading="direct", **common)
+    noise = random_like(difference, seed=config.seed)
+    return FittedCell(config, fitted, MappedVectors(difference, direct, noise), seconds)
+
+
+def cell_fidelity(
+    prep: PreparedCell, cell: FittedCell, *, show_progress: bool = False
+) -> FidelityResult:
+    """KL and FVU when the target layer is replaced by mapped source activations (timed)."""
+    t0 = time.perf_counter()
+    config = cell.config
+    result = replacement_fidelity(
+        prep.source.handle, prep.source_layer, prep.target.handle, prep.target_layer,
+        cell.mapper, prep.fidelity_texts,
+        alignment=config.alignment,  # type: ignore[arg-type]
+        batch_size=config.batch_size, max_length=config.max_length, show_progress=show_progress,
+    )
+    cell.seconds["fidelity"] = time.perf_counter() - t0
+    return result
+
+
+def cell_seconds(seconds: dict[str, float], *parts: str) -> dict[str, float]:
+    """``seconds`` with ``cell`` = the sum of the mapper-dependent ``parts`` that ran."""
+    seconds["cell"] = sum(seconds.get(part, 0.0) for part in parts)
+    return seconds
+
+
+def training_texts(side: Side, examples: Sequence[tuple[str, str]]) -> list[str]:
+    """Each ``(user prompt, response)`` as the full text ``side`` was trained on."""
+    return [
+        format_training_text(prompt, response, side.style, side.handle.tokenizer)[1]
+        for prompt, response in examples
+    ]
+
+
+def fit_texts(source: Side, target: Side, examples: Sequence[tuple[str, str]]) -> list[str]:
+    """Mapper training texts: the task's records in both sides' prompt styles, deduplicated.
+
+    Each text is read by both models (pairs need the same string); using both styles covers
+    the distributions the vector is extracted from (source style) and applied to (target).
+    """
+    sides = [source] if source.style == target.style else [source, target]
+    texts = [text for side in sides for text in training_texts(side, examples)]
+    return list(dict.fromkeys(texts))

