@@ -2,7 +2,7 @@
 
 Layers, bottom up (a module's layer is its top-level name under ``steering_transfer``):
 
-- ground: ``errors validate io config`` -- import only ground; ``errors`` imports no
+- ground: ``errors validate io config lazy`` -- import only ground; ``errors`` imports no
   third-party module at all (stdlib and ground only).
 - core: ``models packaged toy hooks positions generation activations alignment metrics
   fidelity replacement lm_loss mappers vectors`` -- import only ground and core.
@@ -45,7 +45,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 PKG_DIR = SRC / ROOT
 
 LAYERS: dict[str, set[str]] = {
-    "ground": {"errors", "validate", "io", "config"},
+    "ground": {"errors", "validate", "io", "config", "lazy"},
     "core": {
         "models", "packaged", "toy", "hooks", "positions", "generation", "activations",
         "alignment", "metrics", "fidelity", "replacement", "lm_loss", "mappers", "vectors",

@@ -9,10 +9,10 @@ pytest plugin does in every pytest run) does not import torch or transformers.
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING, Any
 
 from .errors import SteeringTransferError
+from .lazy import lazy_attribute
 
 if TYPE_CHECKING:
     from . import hooks
@@ -125,13 +125,7 @@ __all__ = [
 
 def __getattr__(name: str) -> Any:
     """Import a public name's submodule on first access and cache the name in the package."""
-    module_name = _LAZY.get(name)
-    if module_name is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    module = importlib.import_module(f".{module_name}", __name__)
-    value = module if name == module_name else getattr(module, name)
-    globals()[name] = value
-    return value
+    return lazy_attribute(__name__, globals(), _LAZY, name)
 
 
 def __dir__() -> list[str]:

@@ -15,8 +15,9 @@ The public names below are imported on first use (PEP 562), like the package's o
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING, Any
+
+from ..lazy import lazy_attribute
 
 if TYPE_CHECKING:
     from .build import build_organism, ensure_organism, training_options
@@ -93,12 +94,7 @@ __all__ = [
 
 def __getattr__(name: str) -> Any:
     """Import a public name's submodule on first access and cache the name in the package."""
-    module_name = _LAZY.get(name)
-    if module_name is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{module_name}", __name__), name)
-    globals()[name] = value
-    return value
+    return lazy_attribute(__name__, globals(), _LAZY, name)
 
 
 def __dir__() -> list[str]:
