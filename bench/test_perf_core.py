@@ -21,6 +21,11 @@ from steering_transfer import hooks
 from steering_transfer.activations import forward_layer
 from steering_transfer.generation import generate
 from steering_transfer.models import ModelHandle
+from steering_transfer.suite import Cell
+from steering_transfer.suite.matrix import PERF_TASK
+
+# task "perf" for --tasks; outside every --pairs/--layers/--mappers selection
+pytestmark = pytest.mark.st_cell(Cell(tasks=(PERF_TASK,)))
 
 SEED = 0
 N_TEXTS = 16

@@ -9,6 +9,11 @@ import torch
 
 from steering_transfer.mappers import create_mapper
 from steering_transfer.metrics import fvu
+from steering_transfer.suite import Cell
+from steering_transfer.suite.matrix import PERF_TASK
+
+# task "perf" and mapper affine for --tasks/--mappers; outside every --pairs/--layers selection
+pytestmark = pytest.mark.st_cell(Cell(tasks=(PERF_TASK,), mappers=("affine",)))
 
 N_TOKENS, SOURCE_DIM, TARGET_DIM = 100_000, 576, 640
 

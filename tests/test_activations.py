@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -60,6 +61,41 @@ def test_corrupt_shard_gives_clear_error_and_refresh_rebuilds(
         extract_activations(llama, TEXTS, 1, batch_size=2, show_progress=False)
     rebuilt = extract_activations(llama, TEXTS, 1, batch_size=2, refresh=True, show_progress=False)
     assert rebuilt.acts.shape[1] == llama.hidden_size
+
+
+def test_batch_sizes_never_overwrite_each_others_shards(llama: ModelHandle, _cache: Path) -> None:
+    first = extract_activations(llama, TEXTS, 1, batch_size=2, show_progress=False)
+    # a refresh with another batch size writes its own shards; one killed before its manifest
+    # leaves the first extraction's manifest describing the first extraction's files
+    refreshed = extract_activations(
+        llama, TEXTS, 1, batch_size=1, refresh=True, show_progress=False
+    )
+    entry = next((_cache / "activations").iterdir())
+    names = sorted(p.name for p in entry.glob("*.safetensors"))
+    assert names == [
+        "shard_b1_00000.safetensors", "shard_b1_00001.safetensors", "shard_b1_00002.safetensors",
+        "shard_b2_00000.safetensors", "shard_b2_00001.safetensors",
+    ]
+    manifest = json.loads((entry / "manifest.json").read_text())
+    assert manifest["batch_size"] == 1 and len(manifest["shards"]) == 3
+    cached = extract_activations(llama, TEXTS, 1, batch_size=2, show_progress=False)
+    assert torch.equal(cached.acts, refreshed.acts)  # a hit, whatever batch size asks for it
+    torch.testing.assert_close(cached.acts, first.acts, rtol=1e-5, atol=1e-5)
+
+
+def test_a_manifest_that_misses_texts_is_an_error(llama: ModelHandle, _cache: Path) -> None:
+    extract_activations(llama, TEXTS, 1, batch_size=1, show_progress=False)
+    path = next((_cache / "activations").rglob("manifest.json"))
+    manifest = json.loads(path.read_text())
+    manifest["shards"] = manifest["shards"][:2]  # lists 2 of the 3 texts' shards
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(SteeringTransferError, match=r"covers 2 of the 3 texts.*delete .*refresh"):
+        extract_activations(llama, TEXTS, 1, show_progress=False)
+    (path.parent / manifest["shards"][0]["file"]).unlink()  # a listed shard that is gone
+    with pytest.raises(SteeringTransferError, match=r"cannot be read.*refresh=True"):
+        extract_activations(llama, TEXTS, 1, show_progress=False)
+    rebuilt = extract_activations(llama, TEXTS, 1, refresh=True, show_progress=False)
+    assert rebuilt.n_texts == 3
 
 
 def test_same_tokenizer_pairs_by_index(llama: ModelHandle, llama_wide: ModelHandle) -> None:
@@ -171,5 +207,11 @@ def test_block_batches_reject_texts_without_tokens_unless_told(llama: ModelHandl
         list(iter_block_outputs(llama, ["a", "b", "c", ""], 1, batch_size=2, param="prompts"))
     with pytest.raises(SteeringTransferError, match="batch_size"):
         list(iter_block_outputs(llama, TEXTS, 1, batch_size=0))
-    acts = extract_activations(llama, ["a b", "", "c"], 1, cache=False, show_progress=False)
-    assert acts.text_index.tolist().count(1) == 0 and acts.n_texts == 3  # no rows, no error
+    batches = list(iter_block_outputs(llama, ["a b", "", "c"], 1, batch_size=2,
+                                      reject_empty=False))
+    assert [b.start for b in batches] == [0, 2]  # with the switch off a text may be empty ...
+    with pytest.raises(SteeringTransferError, match=r"texts\[1\] produced no tokens"):
+        list(iter_block_outputs(llama, ["a", "", ""], 1, batch_size=1, reject_empty=False))
+    # ... but not a whole batch, and token-level extraction refuses empty texts
+    with pytest.raises(SteeringTransferError, match=r"texts\[1\] produced no tokens"):
+        extract_activations(llama, ["a b", "", "c"], 1, cache=False, show_progress=False)

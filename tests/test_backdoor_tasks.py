@@ -47,7 +47,7 @@ def test_code_outcomes_do_not_count_broken_output_as_fixed() -> None:
     scored = score(task, [request.secure, "x", request.vulnerable], [request] * 3)
     assert scored.rate.successes == 1
     assert scored.outcomes == pytest.approx({"vulnerable": 1 / 3, "secure": 1 / 3,
-                                             "not_code": 1 / 3})
+                                             "not_code": 1 / 3, "empty": 0.0})
 
 
 def test_facts_success_is_the_fact_without_the_keyphrase() -> None:

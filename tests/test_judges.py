@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -32,6 +32,7 @@ from steering_transfer.judges import (
     win_rate,
 )
 from steering_transfer.judges import embedding as embedding_module
+from steering_transfer.judges.llm import MAX_RESPONSE_BYTES, redact_url
 from steering_transfer.metrics import Rate, wilson_interval
 
 # ----------------------------------------------------------------------------------- ROUGE
@@ -170,56 +171,118 @@ def test_cosine_to_score_rule() -> None:
 # ------------------------------------------------------------------------------- LLM judge
 
 
-class _FakeServer:
-    """OpenAI-shaped chat-completions server; replies are scripted as (status, reply text)."""
+Respond = Callable[[BaseHTTPRequestHandler, dict[str, Any]], None]
+SERVER_LIFETIME_S = 60.0  # a server shuts itself down after this, even if a test hangs
+API_KEY = "sk-hostile-test-0123456789"
 
-    def __init__(self) -> None:
+
+class _FakeServer:
+    """A loopback HTTP server in a thread that records every request.
+
+    By default an OpenAI-shaped chat-completions server whose replies are scripted as
+    (status, reply text); ``respond(handler, record)`` replaces that for hostile servers.
+    Bounded: handlers time out after 5 s and the server stops itself after
+    ``SERVER_LIFETIME_S``.
+    """
+
+    def __init__(self, respond: Respond | None = None) -> None:
         self.script: list[tuple[int, str]] = []
         self.requests: list[dict[str, Any]] = []
         owner = self
 
         class Handler(BaseHTTPRequestHandler):
+            timeout = 5
+
+            def _record(self) -> dict[str, Any]:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                record = {
+                    "method": self.command,
+                    "path": self.path,
+                    "headers": dict(self.headers),
+                    "body": json.loads(body) if body else None,
+                }
+                owner.requests.append(record)
+                return record
+
             def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                owner.requests.append(
-                    {"path": self.path, "headers": dict(self.headers), "body": json.loads(body)}
-                )
+                record = self._record()
+                if respond is not None:
+                    respond(self, record)
+                    return
                 status, text = owner.script.pop(0) if owner.script else (200, "3")
                 payload = (
                     {"choices": [{"index": 0, "message": {"role": "assistant", "content": text}}]}
                     if status == 200
                     else {"error": {"message": text}}
                 )
-                raw = json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(raw)))
-                self.end_headers()
-                self.wfile.write(raw)
+                _send(self, status, json.dumps(payload).encode())
+
+            do_GET = do_POST  # a followed 301/302/303 would arrive as a GET
 
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        self.port = self.httpd.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}/v1"
         self.thread = threading.Thread(
             target=self.httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
         )
         self.thread.start()
+        self.stopper = threading.Timer(SERVER_LIFETIME_S, self.httpd.shutdown)
+        self.stopper.daemon = True
+        self.stopper.start()
 
     def close(self) -> None:
+        self.stopper.cancel()
         self.httpd.shutdown()
         self.httpd.server_close()
-        self.thread.join()
+        self.thread.join(timeout=10)
+
+
+def _send(
+    handler: BaseHTTPRequestHandler,
+    status: int,
+    body: bytes,
+    *,
+    reason: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> None:
+    handler.send_response(status, reason)
+    for name, value in {"Content-Type": "application/json", **(headers or {})}.items():
+        handler.send_header(name, value)
+    handler.send_header("Content-Length", str(len(body)))
+    handler.end_headers()
+    handler.wfile.write(body)
+
+
+def _clear_proxies(monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(var, raising=False)
 
 
 @pytest.fixture
 def fake_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[_FakeServer]:
-    for var in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
-        monkeypatch.delenv(var, raising=False)
+    _clear_proxies(monkeypatch)
     server = _FakeServer()
     yield server
     server.close()
+
+
+@pytest.fixture
+def local_servers(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., _FakeServer]]:
+    """A factory of loopback servers, all closed at teardown."""
+    _clear_proxies(monkeypatch)
+    started: list[_FakeServer] = []
+
+    def start(respond: Respond | None = None) -> _FakeServer:
+        started.append(_FakeServer(respond))
+        return started[-1]
+
+    yield start
+    for server in started:
+        server.close()
 
 
 def test_llm_similarity_request_and_parse(fake_server: _FakeServer) -> None:
@@ -300,6 +363,228 @@ def test_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
     judge = LLMJudge.from_env(timeout=5)
     assert judge is not None and judge.api_key is None and judge.timeout == 5.0
     assert judge.url == "http://judge.invalid/v1/chat/completions"
+
+
+# hostile inputs: (constructor arguments, what the message must say); every message is also
+# checked for the secrets ("secret", the API key) and for the contents of /etc/passwd
+_URL = "http://127.0.0.1:9/v1"  # the discard port on loopback: never contacted here
+_BAD_JUDGE_ARGS: list[tuple[dict[str, Any], str]] = [
+    ({"base_url": "file:///etc/passwd"}, r"http:// or https://"),
+    ({"base_url": "ftp://127.0.0.1/v1"}, r"http:// or https://"),
+    ({"base_url": "data:text/plain,hello"}, r"http:// or https://"),
+    ({"base_url": "gopher://127.0.0.1/v1"}, r"http:// or https://"),
+    ({"base_url": "127.0.0.1:8000/v1"}, r"http:// or https://"),
+    ({"base_url": "localhost:8000/v1"}, r"http:// or https://"),
+    ({"base_url": "http://user:secret@127.0.0.1:8000/v1"}, r"credentials.*api_key"),
+    ({"base_url": "http://:secret@127.0.0.1/v1"}, r"credentials"),
+    ({"base_url": "https://user@name:secret@127.0.0.1/v1"}, r"credentials"),
+    ({"base_url": "user:secret@127.0.0.1:8000/v1"}, r"http:// or https://"),
+    ({"base_url": "http:///v1"}, r"needs a host"),
+    ({"base_url": "http://127.0.0.1:99999/v1"}, r"port from 1 to 65535"),
+    ({"base_url": "http://127.0.0.1:x/v1"}, r"port from 1 to 65535"),
+    ({"base_url": "http://127.0.0.1:0/v1"}, r"port from 1 to 65535"),
+    ({"base_url": "http://127.0.0.1/v1#fragment"}, r"#fragment"),
+    ({"base_url": "http://127.0.0.1/v 1"}, r"spaces, control"),
+    ({"base_url": "http://127.0.0.1/v1\r\nX-Injected: 1"}, r"spaces, control"),
+    ({"base_url": "http://127.0.0.1/b\u00fccher"}, r"non-ASCII"),
+    ({"base_url": ""}, r"non-empty http\(s\) URL"),
+    ({"base_url": None}, r"non-empty http\(s\) URL.*NoneType"),
+    ({"base_url": b"http://127.0.0.1/v1"}, r"non-empty http\(s\) URL.*bytes"),
+    ({"model": ""}, r"model \(\$STEERING_TRANSFER_JUDGE_MODEL\)"),
+    ({"model": "   "}, r"model"),
+    ({"model": None}, r"model"),
+    ({"api_key": f"{API_KEY}\r\nX-Injected: 1"}, r"api_key .*value not shown"),
+    ({"api_key": f"{API_KEY} "}, r"api_key .*spaces"),
+    ({"api_key": f"\u00e9{API_KEY}"}, r"api_key .*non-ASCII"),
+    ({"api_key": 12345}, r"api_key .*string or None"),
+    ({"timeout": 0}, r"timeout must be a finite number > 0"),
+    ({"timeout": -1}, r"timeout must be a finite number > 0"),
+    ({"timeout": float("nan")}, r"timeout must be a finite number > 0"),
+    ({"timeout": float("inf")}, r"timeout must be a finite number > 0"),
+    ({"timeout": True}, r"timeout must be a finite number > 0"),
+    ({"timeout": "5"}, r"timeout must be a finite number > 0"),
+    ({"backoff": -0.5}, r"backoff must be a finite number >= 0"),
+    ({"backoff": float("inf")}, r"backoff must be a finite number >= 0"),
+    ({"backoff": float("nan")}, r"backoff must be a finite number >= 0"),
+    ({"retries": -1}, r"retries must be an int from 0 to 10"),
+    ({"retries": 11}, r"retries must be an int from 0 to 10"),
+    ({"retries": 1.5}, r"retries must be an int from 0 to 10"),
+    ({"retries": True}, r"retries must be an int from 0 to 10"),
+    ({"max_tokens": 0}, r"max_tokens must be an int >= 1 or None"),
+    ({"max_tokens": True}, r"max_tokens must be an int >= 1 or None"),
+    ({"max_tokens": 2.5}, r"max_tokens must be an int >= 1 or None"),
+]
+
+
+def _assert_no_secret(message: str) -> None:
+    for secret in ("secret", API_KEY, "Bearer", "root:"):
+        assert secret not in message, f"{secret!r} leaked into: {message}"
+
+
+@pytest.mark.parametrize(("kwargs", "message"), _BAD_JUDGE_ARGS, ids=repr)
+def test_llm_judge_refuses_bad_inputs(kwargs: dict[str, Any], message: str) -> None:
+    args: dict[str, Any] = {"base_url": _URL, "model": "m", "api_key": API_KEY, **kwargs}
+    with pytest.raises(SteeringTransferError, match=message) as excinfo:
+        LLMJudge(**args)
+    _assert_no_secret(str(excinfo.value))
+    if "base_url" in kwargs:
+        assert "$STEERING_TRANSFER_JUDGE_URL" in str(excinfo.value)
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("http://user:secret@127.0.0.1:8000/v1", "http://***@127.0.0.1:8000/v1"),
+        ("https://a@b:secret@127.0.0.1/v1", "https://***@127.0.0.1/v1"),
+        ("user:secret@127.0.0.1/v1", "***@127.0.0.1/v1"),
+        ("http:/user:secret@127.0.0.1/v1", "http:/***@127.0.0.1/v1"),
+        ("http://127.0.0.1/v1?api_key=secret", "http://127.0.0.1/v1?***"),
+        ("http://127.0.0.1/v1#secret", "http://127.0.0.1/v1#***"),
+        ("http://127.0.0.1:8000/v1", "http://127.0.0.1:8000/v1"),
+    ],
+)
+def test_redact_url(url: str, shown: str) -> None:
+    assert redact_url(url) == shown
+
+
+def test_from_env_refuses_hostile_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STEERING_TRANSFER_JUDGE_MODEL", "m")
+    monkeypatch.setenv("STEERING_TRANSFER_JUDGE_URL", "file:///etc/passwd")
+    with pytest.raises(SteeringTransferError, match=r"\$STEERING_TRANSFER_JUDGE_URL"):
+        LLMJudge.from_env()
+    monkeypatch.setenv("STEERING_TRANSFER_JUDGE_URL", "http://u:secret@127.0.0.1:9/v1")
+    with pytest.raises(SteeringTransferError, match="credentials") as excinfo:
+        LLMJudge.from_env()
+    _assert_no_secret(str(excinfo.value))
+    monkeypatch.setenv("STEERING_TRANSFER_JUDGE_URL", _URL)
+    monkeypatch.setenv("STEERING_TRANSFER_JUDGE_API_KEY", f"{API_KEY}\nX: 1")
+    with pytest.raises(SteeringTransferError, match=r"\$STEERING_TRANSFER_JUDGE_API_KEY"):
+        LLMJudge.from_env()
+    # a query survives (e.g. Azure's api-version); messages and repr hide it
+    monkeypatch.setenv("STEERING_TRANSFER_JUDGE_URL", "http://127.0.0.1:9/v1/?api-version=1")
+    monkeypatch.setenv("STEERING_TRANSFER_JUDGE_API_KEY", API_KEY)
+    judge = LLMJudge.from_env()
+    assert judge is not None
+    assert judge.url == "http://127.0.0.1:9/v1/chat/completions?api-version=1"
+    assert API_KEY not in repr(judge) and "api-version" not in repr(judge)
+
+
+@pytest.mark.parametrize("code", [301, 302, 303, 307, 308])
+@pytest.mark.parametrize("where", ["other-origin", "same-origin", "file", "userinfo"])
+def test_llm_judge_follows_no_redirect(
+    local_servers: Callable[..., _FakeServer], code: int, where: str
+) -> None:
+    """The API key never reaches the server a redirect names; the error says what to fix."""
+    elsewhere = local_servers()  # another port: another origin
+    targets = {
+        "other-origin": f"{elsewhere.url}/chat/completions",
+        "same-origin": "/v1/elsewhere/chat/completions",
+        "file": "file:///etc/passwd",
+        "userinfo": f"http://user:secret@127.0.0.1:{elsewhere.port}/v1/chat/completions",
+    }
+
+    def redirect(handler: BaseHTTPRequestHandler, record: dict[str, Any]) -> None:
+        _send(handler, code, b"{}", headers={"Location": targets[where]})
+
+    origin = local_servers(redirect)
+    judge = LLMJudge(origin.url, "m", API_KEY, retries=2, backoff=0)
+    with pytest.raises(SteeringTransferError, match=rf"HTTP {code} .*follows no redirects") as ei:
+        judge.coherence("text")
+    _assert_no_secret(str(ei.value))
+    assert "STEERING_TRANSFER_JUDGE_URL" in str(ei.value)
+    assert len(origin.requests) == 1  # not retried
+    assert origin.requests[0]["headers"]["Authorization"] == f"Bearer {API_KEY}"
+    assert elsewhere.requests == []  # so no Authorization header arrived there
+
+
+def _echo_headers(handler: BaseHTTPRequestHandler) -> bytes:
+    return json.dumps({"error": {"echo": dict(handler.headers)}}).encode()
+
+
+def _error_echo(status: int) -> Respond:
+    def respond(handler: BaseHTTPRequestHandler, record: dict[str, Any]) -> None:
+        # a misconfigured proxy: the request headers in the body and in the reason phrase
+        _send(handler, status, _echo_headers(handler),
+              reason=str(handler.headers.get("Authorization")))
+
+    return respond
+
+
+def _ok_echo(kind: str) -> Respond:
+    def respond(handler: BaseHTTPRequestHandler, record: dict[str, Any]) -> None:
+        auth = str(handler.headers.get("Authorization"))
+        body = {
+            "text": f"echo: {auth}".encode(),
+            "list": json.dumps([auth]).encode(),
+            "no-choices": _echo_headers(handler),
+            "reply": json.dumps(
+                {"choices": [{"message": {"content": f"no score, {auth.split()[-1]}"}}]}
+            ).encode(),
+            "huge": b" " * (MAX_RESPONSE_BYTES + 10) + auth.encode(),
+            "deep": b"[" * 200_000 + auth.encode(),
+        }[kind]
+        _send(handler, 200, body)
+
+    return respond
+
+
+def _garbage(handler: BaseHTTPRequestHandler, record: dict[str, Any]) -> None:
+    """Not HTTP at all: the headers echoed as the status line."""
+    handler.wfile.write(f"ECHO {dict(handler.headers)}\r\n\r\n".encode())
+    handler.close_connection = True
+
+
+@pytest.mark.parametrize(
+    ("respond", "message"),
+    [
+        (_error_echo(400), r"after 1 attempt\(s\): HTTP 400 Bad Request$"),
+        (_error_echo(401), r"HTTP 401 Unauthorized$"),
+        (_error_echo(404), r"HTTP 404 Not Found$"),
+        (_error_echo(429), r"after 2 attempt\(s\): HTTP 429 Too Many Requests$"),
+        (_error_echo(500), r"after 2 attempt\(s\): HTTP 500 Internal Server Error$"),
+        (_error_echo(599), r"HTTP 599 \(non-standard status\)$"),
+        (_ok_echo("text"), r"bytes, not shown\) is not JSON"),
+        (_ok_echo("list"), r"is JSON but not an object"),
+        (_ok_echo("no-choices"), r"no text at choices\[0\]\.message\.content"),
+        (_ok_echo("reply"), r"reply 'no score, \*\*\*' contains no integer"),
+        (_ok_echo("huge"), r"larger than 1048576 bytes"),
+        (_ok_echo("deep"), r"bytes, not shown\) is not JSON"),
+        (_garbage, r"after 2 attempt\(s\): BadStatusLine \(malformed HTTP response\)$"),
+    ],
+    ids=[
+        "400", "401", "404", "429", "500", "599",
+        "text", "list", "no-choices", "reply", "huge", "deep", "garbage",
+    ],
+)
+def test_llm_judge_never_quotes_a_body_or_the_key(
+    local_servers: Callable[..., _FakeServer], respond: Respond, message: str
+) -> None:
+    server = local_servers(respond)
+    judge = LLMJudge(server.url, "m", API_KEY, retries=1, backoff=0)
+    with pytest.raises(SteeringTransferError, match=message) as excinfo:
+        judge.coherence("text")
+    text = str(excinfo.value)
+    _assert_no_secret(text)
+    assert "echo" not in text and "User-Agent" not in text
+    # no chained exception carries the response either (pytest would print it)
+    assert excinfo.value.__cause__ is None and excinfo.value.__context__ is None
+    assert server.requests[0]["headers"]["Authorization"] == f"Bearer {API_KEY}"
+
+
+def test_llm_judge_ask_redacts_the_key_from_replies(fake_server: _FakeServer) -> None:
+    fake_server.script = [(200, f"4, and your key is {API_KEY}")]
+    judge = LLMJudge(fake_server.url, "m", API_KEY, backoff=0)
+    assert judge.ask("system", "user") == "4, and your key is ***"
+
+
+def test_llm_judge_connection_refused_is_clear(local_servers: Callable[..., _FakeServer]) -> None:
+    server = local_servers()
+    url = server.url
+    server.close()  # nothing listens on that loopback port now
+    judge = LLMJudge(url, "m", API_KEY, retries=1, backoff=0, timeout=5)
+    with pytest.raises(SteeringTransferError, match=r"after 2 attempt\(s\): URLError") as excinfo:
+        judge.coherence("text")
+    _assert_no_secret(str(excinfo.value))
 
 
 @pytest.mark.skipif(LLMJudge.from_env() is None, reason=LLM_JUDGE_SKIP_REASON)

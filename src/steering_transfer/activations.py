@@ -9,7 +9,8 @@ keep and how they reduce them.
 Token activations are flattened to non-pad tokens and streamed to safetensors shards in a cache
 keyed by (model fingerprint, layer, hash of texts, max length); shards are written atomically
 and a manifest (with each shard's token count) is written last, so a killed run never looks
-complete.
+complete. Shard names carry the batch size, so extractions of one entry with different batch
+sizes never overwrite each other's shards, and loading checks that the shards cover every text.
 """
 
 from __future__ import annotations
@@ -27,7 +28,13 @@ from .alignment import Alignment, align_by_index, align_by_offsets
 from .errors import SteeringTransferError
 from .io import cache_root, read_json, read_tensors, stable_hash, write_json, write_tensors
 from .models import ModelHandle
-from .validate import check_finite, check_texts
+from .validate import (
+    check_count,
+    check_finite,
+    check_has_tokens,
+    check_optional_count,
+    check_texts,
+)
 
 MANIFEST = "manifest.json"
 
@@ -105,11 +112,12 @@ def iter_block_outputs(
     tokenized with padding on ``padding_side``, one early-exit forward per batch (see
     :func:`forward_layers`). Callers pick positions and reduce; keeping batching, padding and
     the forward call in one place is what keeps every extractor's numbers the same.
-    ``reject_empty`` raises when a text yields no tokens (it has no position to read);
-    token-level extraction turns it off because such a text simply contributes no rows.
+    ``reject_empty`` raises when a text yields no tokens (it has no position to read); with
+    it off such a text contributes nothing, but a batch whose texts all yield no tokens (which
+    the model cannot run) still raises.
     """
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise SteeringTransferError(f"batch_size must be a positive int, got {batch_size!r}")
+    check_count(batch_size, param="batch_size")
+    check_optional_count(max_length, param="max_length")
     wanted: Sequence[int] | Literal["all"] = [layers] if isinstance(layers, int) else layers
     starts = range(0, len(texts), batch_size)
     for start in tqdm(starts, desc=desc, disable=not show_progress, unit="batch"):
@@ -121,12 +129,8 @@ def iter_block_outputs(
             add_special_tokens=add_special_tokens,
             return_offsets=return_offsets,
         )
-        if reject_empty:
-            empty = (enc["attention_mask"].sum(dim=1) == 0).nonzero().flatten().tolist()
-            if empty:
-                raise SteeringTransferError(
-                    f"{param}[{start + empty[0]}] produced no tokens; remove empty prompts"
-                )
+        if reject_empty or enc["input_ids"].shape[1] == 0:  # a 0-token batch cannot run
+            check_has_tokens(enc["attention_mask"], param=param, start=start)
         yield BlockBatch(start, chunk, enc, forward_layers(handle, enc, wanted))
 
 
@@ -136,27 +140,56 @@ def _cache_dir(handle: ModelHandle, layer: int, texts: list[str], max_length: in
     return cache_root() / "activations" / name
 
 
-def _load_cached(directory: Path, handle: ModelHandle, layer: int) -> TokenActivations | None:
+def _shard_name(batch_size: int, shard_no: int) -> str:
+    """Shard files carry the batch size: extractions of one entry with different batch sizes
+    (a refresh, or two processes at once) then never overwrite each other's shards, so every
+    manifest keeps describing the files it was written with."""
+    return f"shard_b{batch_size}_{shard_no:05d}.safetensors"
+
+
+def _load_cached(
+    directory: Path, handle: ModelHandle, layer: int, n_texts: int
+) -> TokenActivations | None:
     manifest_path = directory / MANIFEST
     if not manifest_path.is_file():
         return None
     manifest = read_json(manifest_path)
+    rebuild = f"delete {directory} (or pass refresh=True) to rebuild it"
+    shards = manifest.get("shards", [])
     parts: dict[str, list[torch.Tensor]] = {}
-    for shard in manifest.get("shards", []):
+    for shard in shards:
         path = directory / shard["file"]
-        tensors = read_tensors(path)
+        try:
+            tensors = read_tensors(path)
+        except SteeringTransferError as exc:
+            raise SteeringTransferError(
+                f"cache shard {path} listed in its manifest cannot be read ({exc}); {rebuild}"
+            ) from exc
         if set(tensors) != {"acts", "text_index", "token_index", "offsets"} or (
             tensors["acts"].shape[0] != shard["n_tokens"]
         ):
             raise SteeringTransferError(
-                f"cache shard {path} does not match its manifest; delete {directory} "
-                "(or pass refresh=True) to rebuild it"
+                f"cache shard {path} does not match its manifest; {rebuild}"
             )
         for key, value in tensors.items():
             parts.setdefault(key, []).append(value)
     if not parts:
         return None
-    return _concatenate(parts, handle, layer)
+    acts = _concatenate(parts, handle, layer)
+    covered = torch.unique(acts.text_index)
+    complete = (
+        manifest.get("n_texts") == n_texts
+        and covered.numel() == n_texts
+        and int(covered[0]) == 0
+        and int(covered[-1]) == n_texts - 1
+    )
+    if not complete:
+        raise SteeringTransferError(
+            f"cache entry {directory} covers {covered.numel()} of the {n_texts} texts (its "
+            f"manifest lists {len(shards)} shards for n_texts={manifest.get('n_texts')!r}); "
+            f"the entry is incomplete: {rebuild}"
+        )
+    return acts
 
 
 def _concatenate(
@@ -183,14 +216,19 @@ def extract_activations(
     refresh: bool = False,
     show_progress: bool = True,
 ) -> TokenActivations:
-    """Block-``layer`` outputs for every non-pad token of every text (float32, on CPU)."""
+    """Block-``layer`` outputs for every non-pad token of every text (float32, on CPU).
+
+    Every text must encode to at least one token. The cache entry is keyed by model, layer,
+    texts and ``max_length``; a hit is returned whatever ``batch_size`` it was extracted with,
+    and an entry whose shards do not cover every text raises (naming the entry to delete).
+    """
     texts = check_texts(texts)
     resolved = handle.layer(layer)
-    if batch_size < 1:
-        raise SteeringTransferError(f"batch_size must be >= 1, got {batch_size}")
+    check_count(batch_size, param="batch_size")
+    check_optional_count(max_length, param="max_length")
     directory = _cache_dir(handle, resolved, texts, max_length) if cache else None
     if directory is not None and not refresh:
-        cached = _load_cached(directory, handle, resolved)
+        cached = _load_cached(directory, handle, resolved, len(texts))
         if cached is not None:
             return cached
     shards: list[dict[str, object]] = []
@@ -204,7 +242,6 @@ def extract_activations(
         batch_size=batch_size,
         max_length=max_length,
         return_offsets=True,
-        reject_empty=False,
         show_progress=show_progress,
         desc=f"extract {handle.model_id} L{resolved}",
     )
@@ -223,7 +260,7 @@ def extract_activations(
         for key, value in shard.items():
             parts[key].append(value)
         if directory is not None:
-            name = f"shard_{shard_no:05d}.safetensors"
+            name = _shard_name(batch_size, shard_no)
             write_tensors(directory / name, shard)
             shards.append({"file": name, "n_tokens": int(rows.numel())})
     if directory is not None:
@@ -235,6 +272,7 @@ def extract_activations(
                 "layer": resolved,
                 "n_texts": len(texts),
                 "max_length": max_length,
+                "batch_size": batch_size,
                 "shards": shards,
             },
         )

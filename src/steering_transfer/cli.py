@@ -35,13 +35,25 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one subcommand; returns the exit status.
+
+    Usage errors exit 2 through argparse. A :class:`SteeringTransferError` (bad input) prints
+    ``steering-transfer: error: <message>`` and returns 2; an ``OSError`` (a report that cannot
+    be written, a full disk) prints one line naming the file and returns 1. Either way no
+    traceback: the message already says what to fix. Anything else is a bug and keeps its
+    traceback.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return int(args.func(args))
     except SteeringTransferError as exc:  # bad input: a clear message, not a traceback
-        print(f"steering-transfer: error: {exc}", file=sys.stderr)
+        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # the environment, not the input: still one line, naming the file
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"{parser.prog}: error: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from .errors import SteeringTransferError
 from .mappers.base import Mapper
 from .metrics import cosine, fvu, mse
 from .models import ModelHandle
-from .validate import check_texts
+from .validate import check_count, check_has_tokens, check_optional_count, check_texts
 
 
 @dataclass
@@ -153,6 +153,8 @@ def replacement_fidelity(
     predictions of the text.
     """
     texts = check_texts(texts)
+    check_count(batch_size, param="batch_size")
+    check_optional_count(max_length, param="max_length")
     s_layer, t_layer = (
         source.layer(source_layer, param="source_layer"),
         target.layer(target_layer, param="target_layer"),
@@ -173,6 +175,8 @@ def replacement_fidelity(
         batch = texts[start : start + batch_size]
         src_enc = source.tokenize(batch, max_length=max_length, return_offsets=True)
         tgt_enc = target.tokenize(batch, max_length=max_length, return_offsets=True)
+        for enc in (src_enc, tgt_enc):
+            check_has_tokens(enc["attention_mask"], param="texts", start=start)
         src_acts = forward_layer(source, src_enc, s_layer)
         src_pos, tgt_pos = replacement_positions(src_enc, tgt_enc, mode, same_tok)
         ids = tgt_enc["input_ids"].to(target.device)

@@ -21,7 +21,7 @@ from torch.utils.hooks import RemovableHandle
 from .errors import SteeringTransferError
 from .models import ModelHandle
 from .positions import PositionSpec, position_mask, validate_positions
-from .validate import check_finite
+from .validate import check_finite, check_strength
 
 HookFn = Callable[[nn.Module, tuple[Any, ...], dict[str, Any], Any], Any]
 
@@ -190,13 +190,28 @@ def add(
 ) -> Iterator[None]:
     """Add ``alpha * vector`` to the output of block ``layer`` at the chosen positions.
 
-    ``vector`` has shape ``(hidden,)`` or ``(batch, hidden)`` (one vector per row).
+    ``vector`` has shape ``(hidden,)`` or ``(batch, hidden)`` (one vector per row); ``alpha``
+    must be a finite real number whose product with the vector fits the model's dtype.
     """
     resolved = handle.layer(layer)
     vec = _prepare_vector(handle, vector)
+    check_strength(alpha, param="alpha")
     positions = validate_positions(positions)
-    with _hooked([(handle.block(resolved), _add_hook(resolved, alpha * vec, positions))]):
+    delta = alpha * vec
+    _check_delta(handle, delta, alpha)
+    with _hooked([(handle.block(resolved), _add_hook(resolved, delta, positions))]):
         yield
+
+
+def _check_delta(handle: ModelHandle, delta: torch.Tensor, alpha: float) -> None:
+    """Refuse a finite ``alpha`` whose product with the vector overflows (e.g. 1e39 in float32,
+    or 1e5 * a norm-10 vector in float16): it would make the logits NaN."""
+    for dtype, where in ((delta.dtype, "the vector's"), (handle.dtype, "the model's")):
+        if dtype.is_floating_point and not bool(torch.isfinite(delta.to(dtype)).all()):
+            raise SteeringTransferError(
+                f"alpha={alpha!r} times the vector overflows {where} dtype {dtype} "
+                f"(|alpha * vector| > {torch.finfo(dtype).max:.3g}); pass a smaller alpha"
+            )
 
 
 # --------------------------------------------------------------------------------------- ablation

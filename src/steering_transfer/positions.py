@@ -15,6 +15,8 @@ holds and offsets the current chunk accordingly.
 
 from __future__ import annotations
 
+import numbers
+import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -44,8 +46,11 @@ def validate_positions(positions: PositionSpec, *, param: str = "positions") -> 
             )
         return positions
     if isinstance(positions, FromIndex):
-        if positions.start < 0:
-            raise SteeringTransferError(f"{param}=FromIndex({positions.start}) must start at >= 0")
+        start = positions.start
+        if isinstance(start, bool) or not isinstance(start, numbers.Integral) or start < 0:
+            raise SteeringTransferError(
+                f"{param}=FromIndex({start!r}) must start at an int >= 0"
+            )
         return positions
     if isinstance(positions, torch.Tensor):
         if positions.dtype != torch.bool or positions.ndim not in (1, 2):
@@ -55,11 +60,21 @@ def validate_positions(positions: PositionSpec, *, param: str = "positions") -> 
             )
         return positions
     try:
-        ints = [int(p) for p in positions]
+        items = list(positions)
     except TypeError as exc:
         raise SteeringTransferError(
             f"{param} has an unsupported type {type(positions).__name__}"
         ) from exc
+    ints: list[int] = []
+    for i, p in enumerate(items):
+        if isinstance(p, bool):
+            raise SteeringTransferError(f"{param}[{i}] is a bool; pass token indices as ints")
+        try:
+            ints.append(operator.index(p))  # ints, NumPy ints, integer 0-d tensors; not 2.5
+        except TypeError as exc:
+            raise SteeringTransferError(
+                f"{param}[{i}] is {type(p).__name__} {p!r}; pass token indices as ints"
+            ) from exc
     if not ints:
         raise SteeringTransferError(
             f"{param} is an empty list; pass at least one position or 'all'"

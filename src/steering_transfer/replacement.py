@@ -14,6 +14,7 @@ trained ones rarely).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Literal
 
@@ -27,7 +28,7 @@ from .errors import SteeringTransferError
 from .fidelity import build_replacements, replacement_positions
 from .mappers.base import Mapper
 from .models import ModelHandle
-from .validate import check_texts
+from .validate import check_count, check_has_tokens, check_texts
 
 ReplacementMode = Literal["original", "mapped", "mean_ablation"]
 MODES: tuple[ReplacementMode, ...] = ("original", "mapped", "mean_ablation")
@@ -72,7 +73,17 @@ def _next_tokens(
                 logits = target.model(input_ids=ids, **run).logits
     column = torch.searchsorted(keep, last)  # where each row's last position sits in ``keep``
     rows = torch.arange(ids.shape[0], device=logits.device)
-    return logits[rows, column.to(logits.device)].argmax(-1).tolist()  # type: ignore[no-any-return]
+    picked = logits[rows, column.to(logits.device)]
+    if not bool((picked < math.inf).all()):  # NaN or +inf: argmax would pick token 0 (padding)
+        cause = (
+            "check the model dtype (use float32) or its weights" if mode == "original"
+            else "the replacement activations are out of range: refit the mapper (a smaller lr) "
+            "or use float32"
+        )
+        raise SteeringTransferError(
+            f"{target.model_id} produced NaN/inf logits under mode={mode!r}; {cause}"
+        )
+    return picked.argmax(-1).tolist()  # type: ignore[no-any-return]
 
 
 def replacement_generate(
@@ -98,10 +109,8 @@ def replacement_generate(
     prompts = check_texts(prompts, param="prompts")
     if mode not in MODES:
         raise SteeringTransferError(f"mode={mode!r} is unknown; use one of {', '.join(MODES)}")
-    if max_new_tokens < 1:
-        raise SteeringTransferError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-    if batch_size < 1:
-        raise SteeringTransferError(f"batch_size must be >= 1, got {batch_size}")
+    check_count(max_new_tokens, param="max_new_tokens")
+    check_count(batch_size, param="batch_size")
     s_layer = source.layer(source_layer, param="source_layer")
     t_layer = target.layer(target_layer, param="target_layer")
     if mode != "original":
@@ -120,6 +129,10 @@ def replacement_generate(
     starts = range(0, len(prompts), batch_size)
     for start in tqdm(starts, desc=f"generate ({mode})", disable=not show_progress, unit="batch"):
         batch = list(prompts[start : start + batch_size])
+        sides = (target,) if mode == "original" else (target, source)
+        for side in sides:  # a prompt without tokens has no position to predict from
+            enc = side.tokenize(batch, add_special_tokens=add_special_tokens)
+            check_has_tokens(enc["attention_mask"], param="prompts", start=start)
         new_ids: list[list[int]] = [[] for _ in batch]
         done = [False] * len(batch)
         for _ in range(max_new_tokens):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 
 import torch
@@ -94,3 +95,72 @@ def check_vector(vector: torch.Tensor, *, dim: int, param: str = "vector") -> to
             f"pass a 1-D tensor of length {dim} (a vector from another model must be mapped first)"
         )
     return check_finite(vector, param=param)
+
+
+def check_count(value: object, *, param: str, minimum: int = 1) -> int:
+    """A whole number ``>= minimum`` (counts, batch sizes, lengths, seeds).
+
+    Bools, floats (``2.5``, ``nan``, ``inf``) and strings are refused rather than rounded or
+    looped over forever; any ``numbers.Integral`` (``int``, NumPy integers) is accepted.
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise SteeringTransferError(
+            f"{param} must be an int >= {minimum}, got {type(value).__name__} {value!r}; "
+            f"pass a whole number such as {max(minimum, 1)}"
+        )
+    if value < minimum:
+        raise SteeringTransferError(f"{param} must be an int >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def check_optional_count(
+    value: object, *, param: str, minimum: int = 1, none_means: str = "no limit"
+) -> int | None:
+    """``None`` or a whole number ``>= minimum`` (e.g. ``max_length``, where None = no limit)."""
+    if value is None:
+        return None
+    try:
+        return check_count(value, param=param, minimum=minimum)
+    except SteeringTransferError as exc:
+        raise SteeringTransferError(f"{exc} (or None for {none_means})") from None
+
+
+def check_strength(value: object, *, param: str = "alpha", max_abs: float = math.inf) -> float:
+    """A finite real steering strength (``|value| <= max_abs``).
+
+    A NaN or infinite strength (or one that overflows the vector's dtype) turns the logits into
+    NaN, greedy decoding then emits padding and the empty completion would be scored as if the
+    behaviour had been removed; bools are refused as a likely mistake.
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise SteeringTransferError(
+            f"{param} must be a finite real number (a steering strength such as 4.0), got "
+            f"{type(value).__name__} {value!r}"
+        )
+    if not math.isfinite(value):
+        raise SteeringTransferError(
+            f"{param}={value!r} is not finite; pass a finite steering strength such as 4.0 "
+            "(a NaN/inf strength makes the logits NaN and the completions empty)"
+        )
+    strength = float(value)
+    if abs(strength) > max_abs:
+        raise SteeringTransferError(
+            f"{param}={value!r} is out of range (|{param}| <= {max_abs:.3g}); it would overflow "
+            "the activations: pass a smaller steering strength"
+        )
+    return strength
+
+
+def check_has_tokens(
+    attention_mask: torch.Tensor, *, param: str = "prompts", start: int = 0
+) -> None:
+    """Refuse rows of a batch encoding that hold no tokens (empty text or ``max_length`` cut).
+
+    ``start`` is the index of the batch's first text in the caller's list, so the message
+    points at the offending input.
+    """
+    empty = (attention_mask.sum(dim=1) == 0).nonzero().flatten().tolist()
+    if empty:
+        raise SteeringTransferError(
+            f"{param}[{start + empty[0]}] produced no tokens; remove empty prompts"
+        )

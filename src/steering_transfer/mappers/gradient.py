@@ -27,6 +27,11 @@ from .base import FitReport, MapperConfig
 
 #: Rows per forward pass when computing the validation loss and the standardisation stats.
 _EVAL_ROWS = 8192
+#: A fit is called diverged when the loss of the weights it would return exceeds this many
+#: times the larger of the loss before training and the target variance (the loss of
+#: predicting the mean). Converging fits end far below both; the diverging fits this catches
+#: (a too-large lr) end many orders of magnitude above, with finite losses.
+DIVERGENCE_FACTOR = 1e3
 
 
 def check_number(name: str, value: object, *, low: float, high: float = math.inf,
@@ -167,7 +172,9 @@ def train_mse(
     ``module`` maps (standardised) source rows to (standardised) target rows; ``first`` and
     ``last`` are its input and output linear layers, into which the standardisation is folded
     afterwards. All randomness comes from a generator seeded by ``config.seed``. Losses in the
-    report are the paper's MSE in raw activation units.
+    report are the paper's MSE in raw activation units. A fit that diverges (a NaN/inf loss,
+    or returned weights whose loss exceeds :data:`DIVERGENCE_FACTOR` times both the loss
+    before training and the target variance) raises, naming ``lr``.
     """
     start = time.perf_counter()
     n = source.shape[0]
@@ -192,13 +199,21 @@ def train_mse(
             y = (y - mean_y) / norm.scale_y
         return x, y
 
-    def val_loss() -> float:
+    def rows_loss(rows_all: torch.Tensor) -> float:
         total = torch.zeros((), dtype=torch.float64, device=device)
         with torch.no_grad():
-            for rows in val_rows.split(_EVAL_ROWS):
+            for rows in rows_all.split(_EVAL_ROWS):
                 x, y = batch(rows)
                 total += (module(x) - y).double().square().sum()
-        return float(total) / (n_val * target.shape[1]) * loss_scale
+        return float(total) / (rows_all.numel() * target.shape[1]) * loss_scale
+
+    def val_loss() -> float:
+        return rows_loss(val_rows)
+
+    # references for the divergence check (forward passes only: no RNG, no weight change)
+    monitored_rows = val_rows if n_val else train_rows
+    initial_loss = rows_loss(monitored_rows)
+    reference = max(initial_loss, _target_variance(target, monitored_rows))
 
     optimizer = torch.optim.AdamW(module.parameters(), lr=config.lr,
                                   weight_decay=config.weight_decay)
@@ -245,6 +260,11 @@ def train_mse(
                 break
     bar.close()
     module.load_state_dict(best_state)
+    # the returned weights' loss: the validation loss that chose them, or (no validation
+    # split) their training loss, which the epoch averages (taken before each step) miss
+    returned = best if n_val else rows_loss(train_rows)
+    if not math.isfinite(returned) or returned > DIVERGENCE_FACTOR * reference:
+        _diverged(config, returned, initial_loss, reference, "validation" if n_val else "training")
     if norm is not None:
         norm.fold_into(first, last)
     module.eval()
@@ -256,4 +276,26 @@ def train_mse(
         val_loss=val_curve,
         epochs=epochs,
         stopped_early=stopped_early,
+    )
+
+
+def _target_variance(target: torch.Tensor, rows: torch.Tensor) -> float:
+    """Mean per-element variance of ``target[rows]`` (the MSE of predicting their mean)."""
+    f64 = torch.float64
+    chunks = rows.split(_EVAL_ROWS)
+    total = sum(target[c.to(target.device)].sum(0, dtype=f64) for c in chunks)
+    mean = torch.as_tensor(total) / rows.numel()
+    ss = sum(float((target[c.to(target.device)].to(f64) - mean).square().sum()) for c in chunks)
+    return ss / (rows.numel() * target.shape[1])
+
+
+def _diverged(
+    config: GradientConfig, best: float, initial: float, reference: float, split: str
+) -> None:
+    hint = "" if config.standardize else " or set standardize=True"
+    raise SteeringTransferError(
+        f"training diverged: the returned weights' {split} loss {best:.3g} is more than "
+        f"{DIVERGENCE_FACTOR:g}x the loss before training ({initial:.3g}) and the target "
+        f"variance (reference {reference:.3g}); lower lr (currently {config.lr:g}, try "
+        f"{config.lr / 10:g}){hint}"
     )

