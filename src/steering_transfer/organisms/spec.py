@@ -8,6 +8,12 @@ installation).
 
 A spec remembers the file it came from (``spec_path``): an ``init = "<id>"`` entry names an
 organism of that same file, both for the cache key and for the build.
+
+A zoo file is checked when it loads: only ``[defaults]`` and ``[[organism]]`` tables, only known
+keys, and every value of the right type and range (``FIELD_CHECKS``, ``TABLE_CHECKS``, and the
+training options as :class:`~steering_transfer.organisms.training.TrainingOptions` accepts
+them), each error naming the file, the organism and the key. The checks never change a value,
+so valid entries keep their cache keys.
 """
 
 from __future__ import annotations
