@@ -199,7 +199,7 @@ TYPOS = [
     ("alpha = 4.0", "alpha = nan", load_matrix, [PAIR, "[defaults]: alpha = nan is not finite"]),
     ("alpha = 4.0", "alpha = -inf", load_matrix, [PAIR, "alpha = -inf is not finite"]),
     ("alpha = 4.0", "alpah = 4.0", load_matrix,
-     [PAIR, "[defaults] has unknown key(s) alpah; TransferConfig knows", "alpha"]),
+     [PAIR, "[defaults] has unknown key(s) alpah; known:", "alpha"]),
     ("n_steer = 60", "n_steer = -5", load_matrix, [PAIR, "[defaults]: n_steer = -5 must be >= 1"]),
     ("n_fidelity = 8", "n_fidelity = 0", load_matrix,
      [PAIR, "[pair.config]: n_fidelity = 0 must be >= 1"]),

@@ -141,7 +141,7 @@ def test_record_round_trip_normalises_values() -> None:
         ({"sort_key": "missing"}, "sort_key='missing' is not one of its columns"),
         ({"figures": {"r": {"value": float("nan")}}}, "NaN/inf"),
         ({"figures": {"r": {"value": 0.5, "low": 0.6, "high": 0.4}}}, "low=0.6 > high=0.4"),
-        ({"figures": {"r": {"value": 0.5, "lo": 0.1}}}, "unknown keys ['lo']"),
+        ({"figures": {"r": {"value": 0.5, "lo": 0.1}}}, "unknown key(s) lo"),
         ({"columns": {"c": [1, 2]}}, "must be a str, int, float, bool or None"),
         ({"config": {"f": object()}}, "JSON-serialisable"),
         ({"cell_id": ""}, "cell_id must be a non-empty string"),

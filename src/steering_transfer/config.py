@@ -8,7 +8,7 @@ import functools
 import math
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, Literal, TypeVar
 
 from .errors import SteeringTransferError
@@ -124,6 +124,19 @@ def check_field_types(cls: type, data: Mapping[str, Any]) -> None:
         problem = field_type_error(cls, key, value)
         if problem is not None:
             raise SteeringTransferError(f"{cls.__name__}: {problem}")
+
+
+def reject_unknown_keys(
+    keys: Iterable[str], known: Iterable[str], *, where: str, what: str = "key(s)"
+) -> None:
+    """Raise naming ``where``, the unknown keys and the known ones: a typo in a config file
+    must stop the run where it is written, not be silently dropped."""
+    allowed = set(known)
+    unknown = sorted(set(keys) - allowed)
+    if unknown:
+        raise SteeringTransferError(
+            f"{where} has unknown {what} {', '.join(unknown)}; known: {', '.join(sorted(allowed))}"
+        )
 
 
 class DictConfig:

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from steering_transfer.config import reject_unknown_keys
 from steering_transfer.errors import SteeringTransferError
 from steering_transfer.io import stable_hash
 from steering_transfer.organisms.recipes import ORGANISM_TASKS
@@ -342,12 +343,7 @@ def _check_values(raw: Mapping[str, Any], where: str) -> None:
                 f"{where} has {table} = {_toml_value(values)}; {table} must be a table, e.g. "
                 f"{table} = {{ {next(iter(checks))} = ... }}"
             )
-        unknown = sorted(set(values) - set(checks))
-        if unknown:
-            raise SteeringTransferError(
-                f"{where} has unknown {table} option(s) {', '.join(unknown)}; known: "
-                f"{', '.join(sorted(checks))}"
-            )
+        reject_unknown_keys(values, checks, where=where, what=f"{table} option(s)")
         for key, value in values.items():
             valid, test = checks[key]
             if not test(value):

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from steering_transfer.config import field_type_error
+from steering_transfer.config import field_type_error, reject_unknown_keys
 from steering_transfer.experiments.backdoor import TransferConfig
 from steering_transfer.experiments.refusal import RefusalConfig
 from steering_transfer.experiments.safety_switch import SafetySwitchConfig
@@ -211,12 +211,7 @@ def _value_problem(cls: type, key: str, value: Any) -> str | None:
 def _check_section(cls: type, values: Mapping[str, Any], label: str) -> None:
     """Unknown keys and bad values of one config table, named by ``label``."""
     known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise SteeringTransferError(
-            f"{label} has unknown key(s) {', '.join(unknown)}; {cls.__name__} knows "
-            f"{', '.join(sorted(known))}"
-        )
+    reject_unknown_keys(values, known, where=label)
     for key, value in values.items():
         problem = _value_problem(cls, key, value)
         if problem is not None:
@@ -363,12 +358,7 @@ def load_refusal_selection(path: str | Path) -> dict[str, dict[str, Any]]:
     raw = document.get("refusal_selection", {})
     for organism, settings in raw.items():
         where = f"{path.name} [refusal_selection.{organism}]"
-        unknown = sorted(set(settings) - _SELECTION_KEYS)
-        if unknown:
-            raise SteeringTransferError(
-                f"{where} has unknown key(s) "
-                f"{', '.join(unknown)}; known: {', '.join(sorted(_SELECTION_KEYS))}"
-            )
+        reject_unknown_keys(settings, _SELECTION_KEYS, where=where)
         for key, value in settings.items():
             if key == "layers":
                 ok = isinstance(value, list) and all(

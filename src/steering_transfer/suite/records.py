@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from steering_transfer.config import reject_unknown_keys
 from steering_transfer.errors import SteeringTransferError
 
 __all__ = ["FORMAT_VERSION", "Record", "ResultRow", "Scalar", "figure", "rate_figure"]
@@ -86,11 +87,7 @@ def _normalise_figure(raw: Any, *, name: str) -> dict[str, Any]:
             f"{where} must be a dict {{'value', 'low', 'high', 'n'}} (see suite.figure()), "
             f"got {type(raw).__name__}"
         )
-    unknown = sorted(set(raw) - set(FIGURE_KEYS))
-    if unknown:
-        raise SteeringTransferError(
-            f"{where} has unknown keys {unknown}; allowed keys are {list(FIGURE_KEYS)}"
-        )
+    reject_unknown_keys(raw, FIGURE_KEYS, where=where)
     value = _optional_float(raw.get("value"), where=f"{where}['value']")
     if value is None:
         raise SteeringTransferError(f"{where} needs a numeric 'value'")
