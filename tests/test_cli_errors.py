@@ -210,3 +210,27 @@ def test_other_exceptions_keep_their_traceback(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setattr(cli, "_cmd_info", failing)
     with pytest.raises(KeyError):
         cli.main(["info"])
+
+
+def test_cache_clean_bounds_the_activation_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`cache clean --max-bytes N` keeps the newest entries within N bytes; plain removes all."""
+    import os
+
+    monkeypatch.setenv("STEERING_TRANSFER_CACHE", str(tmp_path))
+    root = tmp_path / "activations"
+    for age, name in enumerate(("new", "mid", "old")):
+        entry = root / name
+        entry.mkdir(parents=True)
+        (entry / "shard.safetensors").write_bytes(b"x" * 100)
+        os.utime(entry, (1_000_000 - age, 1_000_000 - age))
+    code, out, _ = _run(["cache", "clean", "--max-bytes", "150", "--dry-run"], capsys)
+    assert code == 0 and "would remove 2" in out and (root / "old").exists()
+    code, out, _ = _run(["cache", "clean", "--max-bytes", "150"], capsys)
+    assert code == 0 and sorted(p.name for p in root.iterdir()) == ["new"]
+    assert "200 bytes" in out
+    code, out, _ = _run(["cache", "clean"], capsys)
+    assert code == 0 and not any(root.iterdir())
+    code, _, err = _run(["cache", "clean", "--max-bytes", "-1"], capsys)
+    assert code == 2 and "max_bytes" in err

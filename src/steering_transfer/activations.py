@@ -15,6 +15,7 @@ sizes never overwrite each other's shards, and loading checks that the shards co
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -140,6 +141,43 @@ def _cache_dir(handle: ModelHandle, layer: int, texts: list[str], max_length: in
     return cache_root() / "activations" / name
 
 
+def activation_cache_dir() -> Path:
+    """Where extracted activations are cached: ``<cache root>/activations``, one folder an
+    entry (model fingerprint, layer, texts, max_length)."""
+    return cache_root() / "activations"
+
+
+def _tree_size(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def clean_activation_cache(
+    *, max_bytes: int | None = None, dry_run: bool = False
+) -> tuple[list[tuple[Path, int]], int]:
+    """Remove cached activation entries, least recently written first, until the cache holds
+    at most ``max_bytes`` (``None``: remove every entry). Returns ``(removed, kept_bytes)``
+    with each removed entry's size. The cache has no automatic bound, since an entry is
+    reused across runs; this is the bound, run by ``steering-transfer cache clean``."""
+    if max_bytes is not None:
+        check_count(max_bytes, param="max_bytes", minimum=0)
+    root = activation_cache_dir()
+    entries = sorted(
+        (e for e in root.iterdir() if e.is_dir()) if root.is_dir() else [],
+        key=lambda e: (e.stat().st_mtime, e.name),
+    )
+    sizes = {e: _tree_size(e) for e in entries}
+    total = sum(sizes.values())
+    removed: list[tuple[Path, int]] = []
+    for entry in entries:
+        if max_bytes is not None and total <= max_bytes:
+            break
+        removed.append((entry, sizes[entry]))
+        total -= sizes[entry]
+        if not dry_run:
+            shutil.rmtree(entry, ignore_errors=True)
+    return removed, total
+
+
 def _shard_name(batch_size: int, shard_no: int) -> str:
     """Shard files carry the batch size: extractions of one entry with different batch sizes
     (a refresh, or two processes at once) then never overwrite each other's shards, so every
@@ -154,7 +192,10 @@ def _load_cached(
     if not manifest_path.is_file():
         return None
     manifest = read_json(manifest_path)
-    rebuild = f"delete {directory} (or pass refresh=True) to rebuild it"
+    rebuild = (
+        f"delete {directory} (`steering-transfer cache clean`, or pass refresh=True) to "
+        "rebuild it"
+    )
     shards = manifest.get("shards", [])
     parts: dict[str, list[torch.Tensor]] = {}
     for shard in shards:

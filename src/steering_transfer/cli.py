@@ -22,6 +22,21 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_cache_clean(args: argparse.Namespace) -> int:
+    from .activations import activation_cache_dir, clean_activation_cache
+
+    removed, kept = clean_activation_cache(max_bytes=args.max_bytes, dry_run=args.dry_run)
+    verb = "would remove" if args.dry_run else "removed"
+    for path, size in removed:
+        print(f"{verb} {path} ({size:,} bytes)")
+    freed = sum(size for _, size in removed)
+    print(
+        f"{verb} {len(removed)} activation cache entries, {freed:,} bytes; "
+        f"{kept:,} bytes kept in {activation_cache_dir()}"
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="steering-transfer",
@@ -30,6 +45,17 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     info = sub.add_parser("info", help="list registered mappers and packaged models")
     info.set_defaults(func=_cmd_info)
+    cache = sub.add_parser("cache", help="the activation cache ($STEERING_TRANSFER_CACHE)")
+    cache_sub = cache.add_subparsers(dest="cache_command", required=True)
+    clean = cache_sub.add_parser(
+        "clean", help="remove cached activations (oldest first); organisms: `zoo clean`"
+    )
+    clean.add_argument(
+        "--max-bytes", type=int, default=None, metavar="N",
+        help="keep the most recent entries up to N bytes (default: remove every entry)",
+    )
+    clean.add_argument("--dry-run", action="store_true", help="only list what would go")
+    clean.set_defaults(func=_cmd_cache_clean)
     add_zoo_commands(sub)
     return parser
 
