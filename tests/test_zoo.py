@@ -843,3 +843,11 @@ def test_zoo_clean_removes_leftovers_and_reports_bytes(
     out = capsys.readouterr().out
     assert not new.exists() and not restored.exists() and "removed 2 item(s)" in out
     assert sorted(p.name for p in root.iterdir() if not p.name.endswith(".lock")) == ["notes.txt"]
+
+
+def test_load_zoo_names_an_unreadable_file(tmp_path: Path) -> None:
+    """Library callers (not only the CLI) get one clear error for a non-UTF-8 zoo file."""
+    bad = tmp_path / "zoo.toml"
+    bad.write_bytes(b"\xff\xfe[[organism]]\n")
+    with pytest.raises(SteeringTransferError, match=r"cannot be read as UTF-8.*--spec"):
+        zoo.load_zoo(bad)

@@ -471,7 +471,14 @@ def load_zoo(path: str | Path | None = None) -> dict[str, OrganismSpec]:
             f"zoo spec {str(spec_path)!r} does not exist; pass spec_path=... (CLI: --spec FILE) "
             f"or set ${ZOO_ENV} to a zoo.toml"
         )
-    text = spec_path.read_text()
+    try:
+        text = spec_path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise SteeringTransferError(
+            f"zoo spec {spec_path} cannot be read as UTF-8 text ({reason}); pass a readable "
+            f"zoo.toml as spec_path=... (CLI: --spec FILE) or ${ZOO_ENV}"
+        ) from exc
     resolved = spec_path.resolve()
     cache_id = (str(resolved), hashlib.sha256(text.encode()).hexdigest())
     if cache_id in _ZOO_CACHE:
