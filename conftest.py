@@ -1,4 +1,4 @@
-"""Root conftest: the project's zoo file, fixed threads and seeds (bitwise-reproducible CPU runs)."""
+"""Root conftest: the project's zoo file, fixed threads and seeds (bitwise-reproducible runs)."""
 
 from __future__ import annotations
 
