@@ -14,6 +14,7 @@ from steering_transfer.experiments.cell import Side
 from steering_transfer.experiments.refusal import PreparedRefusalPair, run_refusal_cell
 from steering_transfer.experiments.refusal_direction import refusal_starts, select_refusal_direction
 from steering_transfer.organisms import get_spec
+from steering_transfer.suite.cells.backdoor import settle
 from steering_transfer.suite.cells.refusal import direction_record, judge_refusal, refusal_record
 from steering_transfer.suite.matrix import PairSpec
 from steering_transfer.tasks import refusal
@@ -30,9 +31,10 @@ def test_refusal_transfer(
     st_record: Any,
 ) -> None:
     result = run_refusal_cell(prepared_refusal(refusal_pair), mapper)
-    verdict = judge_refusal(result, refusal_pair.thresholds_for(mapper))
+    bars = refusal_pair.thresholds_for(mapper)
+    verdict = judge_refusal(result, bars)
     st_record(refusal_record(refusal_pair, result, verdict))
-    assert verdict.passed, verdict.message
+    settle(verdict, bars)
 
 
 @pytest.fixture

@@ -15,9 +15,11 @@ from steering_transfer.experiments.backdoor import PreparedPair, run_cell
 from steering_transfer.experiments.cell import Side
 from steering_transfer.experiments.layer_sweep import layer_sweep
 from steering_transfer.suite.cells.backdoor import (
+    details_record,
     fidelity_records,
     judge,
     layers_record,
+    settle,
     transfer_record,
 )
 from steering_transfer.suite.matrix import PairSpec
@@ -30,11 +32,13 @@ def test_transfer(
     st_record: Any,
 ) -> None:
     result = run_cell(prepared(pair), mapper)
-    verdict = judge(result, pair.thresholds_for(mapper))
+    bars = pair.thresholds_for(mapper)
+    verdict = judge(result, bars)
     st_record(transfer_record(pair, result, verdict))
+    st_record(details_record(pair, result))
     for record in fidelity_records(pair, result):
         st_record(record)
-    assert verdict.passed, verdict.message
+    settle(verdict, bars)
 
 
 @pytest.fixture

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -545,3 +547,169 @@ def test_saved_mappers_are_byte_identical_across_processes(tmp_path: Path) -> No
     config = json.loads((tmp_path / "run1" / "autoencoder" / CONFIG_FILE).read_text())
     assert "seconds" not in config["fit_report"]  # wall time stays out of the artifact
     assert config["fit_report"]["epochs"] == 2
+
+
+# ------------------------------------------------- mappers registered from outside the library
+
+#: A user's mapper module: registers itself on import (``-p`` plugins, module entry points).
+_SHIFT_MODULE = '''
+import torch
+from steering_transfer.mappers import FitReport, Mapper, register_mapper
+
+
+class Shift(Mapper):
+    """Keeps the first target_dim coordinates and adds the mean difference."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.register_buffer("shift", torch.zeros(config.target_dim))
+
+    def forward(self, x):
+        return x[..., : self.target_dim] + self.shift
+
+    def _fit(self, source, target, show_progress):
+        self.shift.copy_((target - source[:, : self.target_dim]).mean(0))
+        return FitReport(n_train=len(source), n_val=0)
+'''
+
+
+#: The real scanner, for the test that installs a distribution rather than faking one.
+_REAL_ENTRY_POINTS = importlib.metadata.entry_points
+
+
+class EntryPoints:
+    """A stand-in for the installed distributions' entry points: ``declare`` adds one, ``scans``
+    lists the groups ``importlib.metadata.entry_points`` was asked for."""
+
+    def __init__(self) -> None:
+        self.scans: list[str] = []
+        self.entries: list[Any] = []
+
+    def declare(self, name: str, value: str) -> None:
+        from steering_transfer.mappers.base import ENTRY_POINT_GROUP
+
+        self.entries.append(
+            importlib.metadata.EntryPoint(name=name, value=value, group=ENTRY_POINT_GROUP)
+        )
+
+    def __call__(self, **params: Any) -> list[Any]:
+        self.scans.append(str(params.get("group")))
+        return [e for e in self.entries if e.group == params.get("group")]
+
+
+@pytest.fixture
+def registry(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[EntryPoints]:
+    """Fake entry points and a registry that scans them afresh, restored afterwards; modules
+    written to ``tmp_path`` (named ``st_user_*``) are importable and forgotten afterwards."""
+    from steering_transfer.mappers import base
+
+    saved = dict(base._REGISTRY)
+    fake = EntryPoints()
+    monkeypatch.setattr(base, "_entry_points_state", "pending")
+    monkeypatch.setattr(importlib.metadata, "entry_points", fake)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield fake
+    base._REGISTRY.clear()
+    base._REGISTRY.update(saved)
+    for name in [n for n in sys.modules if n.startswith("st_user_")]:
+        del sys.modules[name]
+
+
+GROUP = ["steering_transfer.mappers"]
+
+
+def test_entry_point_module_is_loaded_lazily_once(registry: EntryPoints, tmp_path: Path) -> None:
+    (tmp_path / "st_user_shift.py").write_text(
+        _SHIFT_MODULE + '\nregister_mapper("user-shift")(Shift)\n'
+    )
+    registry.declare("user-shift", "st_user_shift")
+    assert registry.scans == [] and "st_user_shift" not in sys.modules  # nothing loaded yet
+    assert "user-shift" in available_mappers()
+    assert registry.scans == GROUP
+    assert "affine" in available_mappers() and registry.scans == GROUP  # scanned once
+    x = torch.randn(32, 6)
+    mapper = create_mapper("user-shift", 6, 4)
+    mapper.fit(x, x[:, :4] + 1.0, show_progress=False)
+    assert torch.allclose(mapper.map(x), x[:, :4] + 1.0, atol=1e-5)
+
+
+def test_entry_point_class_is_registered_under_its_name_on_first_lookup(
+    registry: EntryPoints, tmp_path: Path
+) -> None:
+    (tmp_path / "st_user_cls.py").write_text(_SHIFT_MODULE)  # no register_mapper call
+    registry.declare("ep-shift", "st_user_cls:Shift")
+    mapper = create_mapper("ep-shift", 5, 3)  # creating is a first lookup too
+    assert registry.scans == GROUP and mapper.name == "ep-shift"
+    mapper.fit(torch.randn(16, 5), torch.randn(16, 3), show_progress=False)
+    saved = mapper.save(tmp_path / "saved")
+    assert type(load_mapper(saved)).__name__ == "Shift"
+
+
+@pytest.mark.parametrize(
+    ("files", "value", "message"),
+    [
+        ({}, "st_user_missing", r"No module named 'st_user_missing'"),
+        ({"st_user_boom": "raise RuntimeError('boom at import')"}, "st_user_boom",
+         r"RuntimeError: boom at import"),
+        ({"st_user_attr": "X = 1"}, "st_user_attr:Missing", r"AttributeError"),
+        ({"st_user_int": "X = 1"}, "st_user_int:X", r"is a int, not a module or a Mapper"),
+    ],
+)
+def test_broken_entry_point_is_a_clear_error_naming_it(
+    registry: EntryPoints, tmp_path: Path, files: dict[str, str], value: str, message: str
+) -> None:
+    for module, text in files.items():
+        (tmp_path / f"{module}.py").write_text(text + "\n")
+    registry.declare("bad-one", value)
+    head = re.escape(f"mapper entry point 'bad-one' = '{value}'")
+    with pytest.raises(SteeringTransferError, match=f"{head}.*{message}"):
+        available_mappers()
+    with pytest.raises(SteeringTransferError, match=head):  # every time, not just the first
+        create_mapper("affine", 2, 2)
+
+
+def test_entry_point_may_not_replace_a_builtin_mapper(
+    registry: EntryPoints, tmp_path: Path
+) -> None:
+    (tmp_path / "st_user_clash.py").write_text(_SHIFT_MODULE)
+    registry.declare("affine", "st_user_clash:Shift")
+    with pytest.raises(SteeringTransferError, match=r"entry point 'affine'.*already registered"):
+        available_mappers()
+
+
+def test_entry_point_listing_mappers_on_import_does_not_recurse(
+    registry: EntryPoints, tmp_path: Path
+) -> None:
+    (tmp_path / "st_user_lists.py").write_text(
+        _SHIFT_MODULE + "\nfrom steering_transfer.mappers import available_mappers\n"
+        "assert 'affine' in available_mappers()\nregister_mapper('listing')(Shift)\n"
+    )
+    registry.declare("listing", "st_user_lists")
+    assert "listing" in available_mappers() and registry.scans == GROUP
+
+
+def test_entry_point_of_an_installed_distribution(
+    registry: EntryPoints, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """End to end through the real importlib.metadata: a dist-info folder on sys.path."""
+    monkeypatch.setattr(importlib.metadata, "entry_points", _REAL_ENTRY_POINTS)
+    (tmp_path / "st_user_dist.py").write_text(
+        _SHIFT_MODULE + '\nregister_mapper("dist-shift")(Shift)\n'
+    )
+    info = tmp_path / "st_user_pkg-0.3.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: st-user-pkg\nVersion: 0.3\n")
+    (info / "entry_points.txt").write_text(
+        "[steering_transfer.mappers]\ndist-shift = st_user_dist\n"
+    )
+    assert "dist-shift" in available_mappers()
+    (info / "entry_points.txt").write_text(
+        "[steering_transfer.mappers]\ndist-shift = st_user_dist\nbroken = st_user_nowhere\n"
+    )
+    monkeypatch.setattr("steering_transfer.mappers.base._entry_points_state", "pending")
+    with pytest.raises(
+        SteeringTransferError,
+        match=r"mapper entry point 'broken' = 'st_user_nowhere' of st-user-pkg 0\.3 "
+        r"\(group 'steering_transfer\.mappers'\) failed to load: ModuleNotFoundError",
+    ):
+        available_mappers()

@@ -5,11 +5,20 @@ from __future__ import annotations
 import dataclasses
 import math
 
+import numpy as np
 import pytest
 import torch
 
 from steering_transfer.errors import SteeringTransferError
-from steering_transfer.metrics import Rate, cosine, fvu, mse, wilson_interval
+from steering_transfer.metrics import (
+    PairedTest,
+    Rate,
+    cosine,
+    fvu,
+    mse,
+    paired_exact_test,
+    wilson_interval,
+)
 
 PRED = torch.tensor([[1.0, 2.0], [3.0, 4.0]])
 TARGET = torch.tensor([[1.0, 0.0], [0.0, 4.0]])
@@ -137,3 +146,90 @@ def test_wilson_interval_contains_the_estimate_at_the_boundaries() -> None:
 
     assert wilson_interval(60, 60)[1] == 1.0
     assert wilson_interval(0, 60)[0] == 0.0
+
+
+def _textbook_wilson(k: int, n: int, z: float) -> tuple[float, float]:
+    """Wilson (1927) as in textbooks: (p + z²/2n ± z √(p(1-p)/n + z²/4n²)) / (1 + z²/n)."""
+    p = k / n
+    centre = p + z * z / (2 * n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    denom = 1 + z * z / n
+    return (centre - half) / denom, (centre + half) / denom
+
+
+@pytest.mark.parametrize("z", [1.0, 1.96, 2.576])
+def test_wilson_interval_matches_the_textbook_formula(z: float) -> None:
+    for n in range(1, 61):
+        for k in range(n + 1):
+            low, high = wilson_interval(k, n, z)
+            want_low, want_high = _textbook_wilson(k, n, z)
+            assert low == pytest.approx(want_low, abs=1e-12), (k, n)
+            assert high == pytest.approx(want_high, abs=1e-12), (k, n)
+            assert 0.0 <= low <= k / n <= high <= 1.0
+            assert isinstance(low, float) and isinstance(high, float)
+        assert wilson_interval(0, n, z)[0] == 0.0 and wilson_interval(n, n, z)[1] == 1.0
+
+
+@pytest.mark.parametrize("z", [0, -1.0, math.inf, math.nan, True, "1.96", 9.0])
+def test_wilson_interval_rejects_bad_z(z: object) -> None:
+    with pytest.raises(SteeringTransferError, match="z"):
+        wilson_interval(3, 10, z)  # type: ignore[arg-type]
+
+
+def test_rate_pooled_sums_successes_and_trials() -> None:
+    pooled = Rate.pooled([Rate(3, 10), Rate(0, 5), Rate(7, 7)])
+    assert pooled == Rate(10, 22)
+    assert (pooled.low, pooled.high) == wilson_interval(10, 22)
+    assert Rate.pooled((Rate(1, 2),)) == Rate(1, 2)
+    with pytest.raises(SteeringTransferError, match="rates is empty"):
+        Rate.pooled([])
+    with pytest.raises(SteeringTransferError, match="item 1 is tuple"):
+        Rate.pooled([Rate(1, 2), (1, 2)])  # type: ignore[list-item]
+    with pytest.raises(SteeringTransferError, match="sequence of Rate"):
+        Rate.pooled(Rate(1, 2))  # type: ignore[arg-type]
+
+
+def test_paired_exact_test_hand_computed() -> None:
+    # 10 prompts: 5 only x solves, 1 only y solves, 3 both, 1 neither. Under the null the 6
+    # discordant prompts are fair coin flips: P(X >= 5 | Bin(6, 1/2)) = (6 + 1) / 64.
+    x = [True] * 5 + [False] + [True] * 3 + [False]
+    y = [False] * 5 + [True] + [True] * 3 + [False]
+    test = paired_exact_test(x, y)
+    assert (test.x_only, test.y_only, test.n, test.alternative) == (5, 1, 10, "greater")
+    assert test.p_value == pytest.approx(7 / 64, abs=1e-12)
+    assert paired_exact_test(x, y, "two-sided").p_value == pytest.approx(14 / 64, abs=1e-12)
+    assert paired_exact_test(x, y, "less").p_value == pytest.approx(63 / 64, abs=1e-12)
+    swapped = paired_exact_test(y, x)  # "greater" is about the first argument
+    assert (swapped.x_only, swapped.y_only) == (1, 5)
+    assert swapped.p_value == pytest.approx(63 / 64, abs=1e-12)
+    assert test.to_dict() == {"x_only": 5, "y_only": 1, "n": 10, "p_value": test.p_value,
+                              "alternative": "greater"}
+    assert isinstance(test.p_value, float)
+    assert paired_exact_test(np.array(x), tuple(y)) == test  # bool arrays and tuples work too
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        test.n = 3  # type: ignore[misc]
+
+
+def test_paired_exact_test_without_discordant_prompts_is_uninformative() -> None:
+    same = [True, False, True]
+    for alternative in ("greater", "less", "two-sided"):
+        assert paired_exact_test(same, same, alternative) == PairedTest(0, 0, 3, 1.0, alternative)
+
+
+@pytest.mark.parametrize(
+    ("x", "y", "alternative", "match"),
+    [
+        ([True, False], [True], "greater", "x has 2 outcomes but y has 1"),
+        ([], [], "greater", "empty"),
+        ([True, 1], [True, True], "greater", r"x\[1\] must be a bool"),
+        ([True], [0.0], "greater", r"y\[0\] must be a bool"),
+        ("TF", "TF", "greater", "x must be a sequence of bools"),
+        (np.array([1, 0]), [True, False], "greater", r"x\[0\] must be a bool"),
+        ([True], [False], "bigger", "alternative must be one of greater, less, two-sided"),
+    ],
+)
+def test_paired_exact_test_rejects_bad_input(
+    x: object, y: object, alternative: str, match: str
+) -> None:
+    with pytest.raises(SteeringTransferError, match=match):
+        paired_exact_test(x, y, alternative)  # type: ignore[arg-type]

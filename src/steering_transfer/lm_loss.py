@@ -141,3 +141,32 @@ def mean_token_loss(
     finally:
         model.train(was_training)
     return total / max(1, count)
+
+
+@torch.no_grad()
+def per_example_loss(
+    model: nn.Module,
+    examples: Sequence[Encoded],
+    *,
+    pad_token_id: int,
+    batch_size: int = 16,
+) -> list[float]:
+    """Mean next-token NLL (nats) of each example's response tokens, one value per example
+    (e.g. how plausible a steered completion is under the untouched model)."""
+    was_training = model.training
+    model.eval()
+    out: list[float] = []
+    device = next(model.parameters()).device
+    try:
+        for lo in range(0, len(examples), batch_size):
+            enc = collate(examples[lo : lo + batch_size], pad_token_id, "response")
+            logits = model_logits(model, enc)[:, :-1].float()
+            target = enc["labels"][:, 1:].to(device)
+            loss = F.cross_entropy(
+                logits.transpose(1, 2), target, ignore_index=-100, reduction="none"
+            )
+            counts = (target != -100).sum(1).clamp(min=1)
+            out.extend((loss.sum(1) / counts).tolist())
+    finally:
+        model.train(was_training)
+    return out

@@ -86,7 +86,10 @@ class CellConfig(DictConfig):
 
 
 #: Config fields holding counts besides those named ``n_*``.
-COUNT_FIELDS = ("seed", "max_new_tokens", "batch_size", "max_length", "judge_max_new_tokens")
+COUNT_FIELDS = (
+    "seed", "max_new_tokens", "batch_size", "max_length", "judge_max_new_tokens",
+    "condition_batch_size",
+)
 
 
 def check_config_counts(config: Any, may_be_zero: Sequence[str] = ("seed",)) -> None:

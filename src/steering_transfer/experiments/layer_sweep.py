@@ -1,7 +1,9 @@
 """The layer sweep (the paper's Table 3): a model's own steering success at each layer.
 
 The matrix steers each model at its last strongly steerable layers; the sweep says which those
-are, with the same steering protocol the cells use (:mod:`steering_transfer.experiments.backdoor`).
+are, with the same steering protocol the cells use (:mod:`steering_transfer.experiments.backdoor`):
+vectors from the train split, success on the validation split (the layer is a choice, so it
+never sees the test prompts).
 """
 
 from __future__ import annotations
@@ -71,8 +73,10 @@ def layer_sweep(
     """Steering success of the model's own vector for ``task`` at each layer."""
     spec = backdoor_task(task)
     splits = splits or spec.splits(seed)
-    vec_instr = splits.validation[:n_vector_pairs]
-    items = list(splits.test[:n_prompts])
+    # vectors from train, success on validation: the sweep chooses layers, so it never sees
+    # the test prompts the cells report
+    vec_instr = splits.train[:n_vector_pairs]
+    items = list(splits.validation[:n_prompts])
     prompts = [side.prompt(tag(i.text, BACKDOOR_TRIGGER)) for i in items]
     chosen = list(range(side.handle.n_layers)) if layers is None else list(layers)
     gen: dict[str, Any] = {"max_new_tokens": max_new_tokens, "batch_size": batch_size}

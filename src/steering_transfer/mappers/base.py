@@ -2,7 +2,10 @@
 
 A mapper learns ``f: R^{d_source} -> R^{d_target}`` from paired residual-stream activations.
 A new architecture is one file: subclass :class:`Mapper` (and :class:`MapperConfig` if it has
-hyperparameters) and decorate it with ``@register_mapper("name")``.
+hyperparameters) and decorate it with ``@register_mapper("name")``. The file can live outside
+this package: import it before mappers are listed (``pytest bench -p my_mapper``), or declare it
+in the ``steering_transfer.mappers`` entry-point group of an installed distribution, which the
+registry loads the first time mappers are listed or looked up (:func:`load_entry_point_mappers`).
 Artifacts are a folder holding ``mapper.safetensors`` (weights) + ``config.json`` (architecture,
 config, fit report), written as one unit (see :meth:`Mapper.save`).
 """
@@ -11,9 +14,11 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import inspect
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from importlib import metadata
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
@@ -35,6 +40,9 @@ from steering_transfer.validate import check_finite, check_matrix
 WEIGHTS_FILE = "mapper.safetensors"
 CONFIG_FILE = "config.json"
 FORMAT_VERSION = 1
+#: Entry-point group of mappers from other distributions: a module (registering on import) or a
+#: :class:`Mapper` subclass (registered under the entry point's name unless it registers itself).
+ENTRY_POINT_GROUP = "steering_transfer.mappers"
 
 
 @dataclass
@@ -197,12 +205,70 @@ def register_mapper(name: str) -> Any:
     return decorator
 
 
+#: "pending" until the entry points have loaded ("loading" while they do, so a plugin that
+#: lists mappers on import does not recurse; back to "pending" after a failure, so it repeats).
+_entry_points_state = "pending"
+
+
+def _describe(entry: metadata.EntryPoint) -> str:
+    dist = getattr(entry, "dist", None)
+    origin = f" of {dist.name} {dist.version}" if dist is not None else ""
+    return f"mapper entry point {entry.name!r} = {entry.value!r}{origin}"
+
+
+def _load_entry_point(entry: metadata.EntryPoint) -> None:
+    """Import one entry point; register it when it is a class not registered by its module."""
+    try:
+        loaded = entry.load()
+    except Exception as exc:  # any import-time failure of third-party code
+        raise SteeringTransferError(
+            f"{_describe(entry)} (group {ENTRY_POINT_GROUP!r}) failed to load: "
+            f"{type(exc).__name__}: {exc}; fix or uninstall the distribution that declares it"
+        ) from exc
+    if inspect.ismodule(loaded):
+        return  # its @register_mapper classes registered on import
+    if inspect.isclass(loaded) and issubclass(loaded, Mapper):
+        if loaded not in _REGISTRY.values():
+            try:
+                register_mapper(entry.name)(loaded)
+            except SteeringTransferError as exc:
+                raise SteeringTransferError(f"{_describe(entry)}: {exc}") from exc
+        return
+    raise SteeringTransferError(
+        f"{_describe(entry)} is a {type(loaded).__name__}, not a module or a Mapper subclass; "
+        "point it at the module that registers the mapper or at the Mapper class"
+    )
+
+
+def load_entry_point_mappers() -> None:
+    """Register the mappers of the ``steering_transfer.mappers`` entry-point group, once.
+
+    Called by :func:`available_mappers` and :func:`get_mapper_class` (so lazily: importing the
+    library imports no third-party mapper). A broken entry point raises
+    :class:`SteeringTransferError` naming it, on every call until it is fixed.
+    """
+    global _entry_points_state
+    if _entry_points_state != "pending":
+        return
+    _entry_points_state = "loading"
+    try:
+        for entry in sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+            _load_entry_point(entry)
+    except BaseException:
+        _entry_points_state = "pending"
+        raise
+    _entry_points_state = "done"
+
+
 def available_mappers() -> list[str]:
-    """Names of all registered architectures."""
+    """Names of all registered architectures (entry-point mappers included)."""
+    load_entry_point_mappers()
     return sorted(_REGISTRY)
 
 
 def get_mapper_class(name: str) -> type[Mapper]:
+    """The registered class of ``name`` (entry-point mappers included)."""
+    load_entry_point_mappers()
     if name not in _REGISTRY:
         raise SteeringTransferError(
             f"unknown mapper {name!r}; known mappers: {', '.join(available_mappers())}"

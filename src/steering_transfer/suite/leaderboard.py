@@ -32,6 +32,7 @@ __all__ = [
     "merge_rows",
     "package_versions",
     "render_leaderboard",
+    "render_plots",
     "render_section",
     "render_table",
     "report_files",
@@ -279,6 +280,16 @@ def render_section(
     return "\n\n".join(parts) + "\n"
 
 
+def render_plots(paths: Sequence[str]) -> str:
+    """A ``## Plots`` section linking the PNGs (paths relative to the report), or ``""``."""
+    if not paths:
+        return ""
+    from .plots import plot_label  # here: plots imports this module
+
+    links = [f"![{plot_label(path)}]({path})" for path in sorted(paths)]
+    return "## Plots\n\n" + "\n\n".join(links) + "\n"
+
+
 def render_leaderboard(
     rows: Iterable[ResultRow],
     *,
@@ -287,11 +298,13 @@ def render_leaderboard(
     versions: Mapping[str, str] | None = None,
     title: str = LEADERBOARD_TITLE,
     tables: Iterable[TableSpec] = (),
+    plots: Sequence[str] = (),
 ) -> str:
     """The whole leaderboard: a header block, then one section per table sorted by name.
 
     ``tables`` gives the tables' preambles (see :class:`TableSpec`); which rows belong in which
-    file is :func:`report_files`' business.
+    file is :func:`report_files`' business. ``plots``: PNG paths relative to the report (from
+    :func:`~.plots.write_plots`), linked in a closing ``## Plots`` section (none when empty).
 
     Tables start at the first line beginning with ``## ``; everything above it is the header
     (date, command, versions), the only part that differs between runs of the same cells.
@@ -317,4 +330,7 @@ def render_leaderboard(
     header.append("Tables: " + ", ".join(f"`{t}`" for t in sorted(by_table)) + ".")
     tables = tuple(tables)
     sections = [render_section(t, by_table[t], tables) for t in sorted(by_table)]
+    plot_section = render_plots(plots)
+    if plot_section:
+        sections.append(plot_section)
     return "\n".join(header) + "\n\n" + "\n".join(sections)

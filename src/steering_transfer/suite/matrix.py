@@ -21,6 +21,7 @@ from steering_transfer.config import field_type_error, reject_unknown_keys
 from steering_transfer.experiments.backdoor import TransferConfig
 from steering_transfer.experiments.refusal import RefusalConfig
 from steering_transfer.experiments.safety_switch import SafetySwitchConfig
+from steering_transfer.experiments.verdict import BEATS_NOISE
 from steering_transfer.io import cache_root
 from steering_transfer.mappers import available_mappers
 from steering_transfer.organisms import get_spec
@@ -52,29 +53,71 @@ _TABLE_HELP = (
 
 @dataclass(frozen=True)
 class Thresholds:
-    """Bars a cell must clear; ``None`` skips a bar."""
+    """Bars a cell must clear; ``None`` skips a bar.
 
-    min_ratio: float | None = None  # best mapped success / native success
-    min_over_noise: float | None = None  # best mapped success - noise success
-    max_fvu: float | None = None  # held-out fraction of variance unexplained
-    max_kl_over_ablation: float | None = None  # KL(mapped) / KL(mean ablation)
+    Backdoor cells are judged by their verdict (``min_verdict``) and fidelity bars; every
+    backdoor pair gets :data:`DEFAULT_BARS` for any mapper, refined (field by field) by its
+    ``"*"`` table and then by the mapper's own table. ``expect_fail`` (a reason, with the
+    measured values) declares that the cell's bars are expected to fail: the test is then an
+    expected failure, and it fails loudly if the bars start to pass (recalibrate).
+    """
+
+    min_verdict: str | None = None  # "partial": beats its noise ensemble; "transfer": and 0.8x
+    # refusal cells (single random direction): best mapped / native, best mapped - noise
+    min_ratio: float | None = None
+    min_over_noise: float | None = None
+    max_fvu: float | None = None  # held-out fraction of variance unexplained (< 1)
+    max_kl_over_ablation: float | None = None  # KL(mapped) / KL(mean ablation) (< 1)
     # judged fidelity (reports/fidelity.md) on the clean prompts: MvA win rate, and the
     # embedding-judge margin Emb-J(mapped) - Emb-J(mean-ablated)
     min_mva: float | None = None
     min_embedding_margin: float | None = None
+    expect_fail: str | None = None
 
-    def to_dict(self) -> dict[str, float | None]:
-        return {
-            "min_ratio": self.min_ratio,
-            "min_over_noise": self.min_over_noise,
-            "max_fvu": self.max_fvu,
-            "max_kl_over_ablation": self.max_kl_over_ablation,
-            "min_mva": self.min_mva,
-            "min_embedding_margin": self.min_embedding_margin,
-        }
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
     def any_set(self) -> bool:
-        return any(value is not None for value in self.to_dict().values())
+        return any(
+            value is not None for key, value in self.to_dict().items() if key != "expect_fail"
+        )
+
+    def refined(self, other: Thresholds) -> Thresholds:
+        """These bars with every bar ``other`` sets replacing ours."""
+        return Thresholds(**{
+            **self.to_dict(),
+            **{k: v for k, v in other.to_dict().items() if v is not None},
+        })
+
+
+#: The bars every backdoor cell has, whatever the mapper (a new architecture is judged on
+#: arrival): beat the noise ensemble; KL under replacement below mean ablation's; FVU < 1.
+#: A mapper that outputs the target's mean activation scores KL ratio ~1 and FVU ~1.
+DEFAULT_BARS = Thresholds(min_verdict="partial", max_kl_over_ablation=0.9, max_fvu=0.9)
+
+
+def _check_bars(bars: Thresholds, task: str, where: str) -> None:
+    """Bars that noise or a mean-output mapper would pass are refused."""
+    if bars.min_verdict is not None and bars.min_verdict not in BEATS_NOISE:
+        raise SteeringTransferError(
+            f"{where}: min_verdict = {bars.min_verdict!r}; use one of {', '.join(BEATS_NOISE)} "
+            "(a weaker verdict is earned by noise)"
+        )
+    for name in ("max_kl_over_ablation", "max_fvu"):
+        value = getattr(bars, name)
+        if value is not None and value >= 1.0:
+            raise SteeringTransferError(
+                f"{where}: {name} = {value} is >= 1, which a mapper that outputs the target's "
+                "mean activation passes; set it below 1 or declare expect_fail with the "
+                "measured value"
+            )
+    if task in BACKDOOR_TASK_NAMES and (
+        bars.min_ratio is not None or bars.min_over_noise is not None
+    ):
+        raise SteeringTransferError(
+            f"{where}: min_ratio / min_over_noise are refusal bars; backdoor cells are judged "
+            "by min_verdict against their noise ensemble"
+        )
 
 
 @dataclass(frozen=True)
@@ -144,7 +187,13 @@ class PairSpec:
         return self.transfer_config(mapper)
 
     def thresholds_for(self, mapper: str) -> Thresholds:
-        return self.thresholds.get(mapper, self.thresholds.get("*", Thresholds()))
+        """The mapper's bars: the defaults (backdoor tasks), refined by ``"*"``, then by the
+        mapper's own table; a mapper the matrix never names gets the defaults and ``"*"``."""
+        bars = DEFAULT_BARS if self.task in BACKDOOR_TASK_NAMES else Thresholds()
+        for name in ("*", mapper):
+            if name in self.thresholds:
+                bars = bars.refined(self.thresholds[name])
+        return bars
 
 
 def _read(path: str | Path) -> tuple[Path, dict[str, Any]]:
@@ -330,7 +379,10 @@ def load_matrix(path: str | Path) -> list[PairSpec]:
                 _check_mappers([name], f"{where} [pair.thresholds.{name}]")
             _check_section(Thresholds, values, f"{where} [pair.thresholds.{name}]")
             thresholds[name] = Thresholds(**values)
-        if not any(bars.any_set() for bars in thresholds.values()):
+            _check_bars(thresholds[name], task, f"{where} [pair.thresholds.{name}]")
+        if task not in BACKDOOR_TASK_NAMES and not any(
+            bars.any_set() for bars in thresholds.values()
+        ):
             raise SteeringTransferError(
                 f"{where} sets no thresholds, so its cells could never "
                 "fail; add a [pair.thresholds.\"*\"] (or per-mapper) table with at least "

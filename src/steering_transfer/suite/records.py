@@ -14,20 +14,64 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from steering_transfer.config import reject_unknown_keys
 from steering_transfer.errors import SteeringTransferError
 
-__all__ = ["FORMAT_VERSION", "Record", "ResultRow", "Scalar", "figure", "rate_figure"]
+__all__ = [
+    "FORMAT_VERSION",
+    "UNKNOWN_COMMIT",
+    "Record",
+    "ResultRow",
+    "Scalar",
+    "figure",
+    "rate_figure",
+    "source_commit",
+]
 
 #: Version of the ``results.json`` layout; bumped when a reader could misread an older file.
 FORMAT_VERSION = 1
 
 Scalar = str | int | float | bool | None
 FIGURE_KEYS = ("value", "low", "high", "n")
+#: ``ResultRow.commit`` when the code's commit cannot be told (no git checkout, no git).
+UNKNOWN_COMMIT = "unknown"
+
+
+def _git(root: Path, *args: str) -> str | None:
+    """stdout of ``git -C root ARGS``, or ``None`` when git is missing, fails or hangs."""
+    env = {**os.environ, "GIT_OPTIONAL_LOCKS": "0", "LC_ALL": "C"}  # status must not write
+    try:
+        done = subprocess.run(
+            ["git", "-C", str(root), *args], capture_output=True, text=True, timeout=30,
+            env=env, stdin=subprocess.DEVNULL,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout if done.returncode == 0 else None
+
+
+def source_commit(root: str | Path) -> str:
+    """The git commit the code under ``root`` is at: ``git rev-parse HEAD``, suffixed ``+dirty``
+    when tracked files differ from it (or that cannot be checked); :data:`UNKNOWN_COMMIT` when
+    ``root`` is not in a git checkout or git is missing.
+
+    Why: a results row must say what code measured it, and a row measured on uncommitted changes
+    must not pass for the commit's own figures. Untracked files (new reports, caches) do not
+    count as dirty. Runs two git commands, no torch.
+    """
+    head = _git(Path(root), "rev-parse", "--verify", "HEAD")
+    if not head or not head.strip():
+        return UNKNOWN_COMMIT
+    status = _git(Path(root), "status", "--porcelain", "--untracked-files=no")
+    dirty = status is None or bool(status.strip())
+    return head.strip() + ("+dirty" if dirty else "")
 
 
 def _scalar(value: Any, *, where: str) -> Scalar:
@@ -220,8 +264,11 @@ class Record:
 class ResultRow:
     """A :class:`Record` as stored in ``results.json``: plus where, when and with what it ran.
 
-    ``recorded`` is the run's date (the only time stamp kept per row); ``versions`` are the
-    package versions of that run, so rows merged from earlier runs stay honest about their origin.
+    ``recorded`` is the run's date (the only time stamp kept per row), ``commit`` the git commit
+    of the code that ran (:func:`source_commit`; empty in rows written before it was recorded)
+    and ``versions`` the package versions of that run, so rows merged from earlier runs stay
+    honest about their origin. None of the three is part of a row's identity or its figures:
+    merging replaces rows by :attr:`key` and baseline checks compare :attr:`record` only.
     """
 
     record: Record
@@ -229,6 +276,7 @@ class ResultRow:
     outcome: str = "passed"
     recorded: str = ""
     versions: dict[str, str] = field(default_factory=dict)
+    commit: str = ""
 
     @property
     def key(self) -> tuple[str, str]:
@@ -240,6 +288,7 @@ class ResultRow:
             "nodeid": self.nodeid,
             "outcome": self.outcome,
             "recorded": self.recorded,
+            "commit": self.commit,
             "versions": dict(sorted(self.versions.items())),
         }
 
@@ -251,4 +300,5 @@ class ResultRow:
             outcome=str(data.get("outcome", "passed")),
             recorded=str(data.get("recorded", "")),
             versions={str(k): str(v) for k, v in (data.get("versions") or {}).items()},
+            commit=str(data.get("commit") or ""),
         )

@@ -44,7 +44,7 @@ from .leaderboard import (
     results_json,
 )
 from .options import LOCK_TIMEOUT_ENV, settings
-from .records import Record, ResultRow
+from .records import Record, ResultRow, source_commit
 
 __all__ = [
     "LOCK_FILE",
@@ -186,6 +186,7 @@ class RecordSession:
         self.summary: list[str] = []
         self.today = dt.date.today().isoformat()
         self.versions = package_versions()
+        self.commit = source_commit(config.rootpath)  # once per run: two git calls, no torch
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_testnodedown(self, node: Any, error: Any) -> None:
@@ -205,7 +206,10 @@ class RecordSession:
                 except (SteeringTransferError, ValueError, TypeError) as exc:
                     self.problems.append(f"{report.nodeid}: unreadable record ({exc})")
                     continue
-                row = ResultRow(record, report.nodeid, _outcome(report), self.today, self.versions)
+                row = ResultRow(
+                    record, report.nodeid, _outcome(report), self.today, self.versions,
+                    commit=self.commit,
+                )
                 self.found.setdefault(record.key, []).append((report.nodeid, index, row))
             elif name == BASELINE_PROPERTY:
                 note = json.loads(str(value))
@@ -273,12 +277,20 @@ class RecordSession:
         )
 
     def _write_reports(self, rows: list[ResultRow]) -> list[str]:
-        """Render every Markdown report of ``rows``; the paths written."""
+        """Render every Markdown report of ``rows`` (with its plots); the paths written."""
         try:
             tables = table_specs(self.config)
         except SteeringTransferError as exc:
             self.problems.append(f"no Markdown report written: {exc}")
             return []
+        from .plots import PLOTS_DIR, write_plots  # matplotlib loads only if there is data
+
+        folder = self.settings.reports_dir
+        try:
+            plots = write_plots(rows, folder, tables=tables)
+        except Exception as exc:  # a picture must not cost the reports; results.json is safe
+            self.problems.append(f"plots not written: {exc!r}")
+            plots = {}
         written = []
         for filename, title, file_rows in report_files(rows, tables):
             try:
@@ -289,6 +301,7 @@ class RecordSession:
                     versions=self.versions,
                     title=title,
                     tables=tables,
+                    plots=plots.get(filename, ()),
                 )
             except Exception as exc:  # a third-party preamble callable; results.json is safe
                 self.problems.append(f"{filename} not written: rendering failed: {exc!r}")
@@ -296,6 +309,9 @@ class RecordSession:
             path = self.settings.reports_dir / filename
             write_text(path, text)
             written.append(_relative(path))
+        if plots:
+            count = len({path for paths in plots.values() for path in paths})
+            written.append(f"{_relative(folder / PLOTS_DIR)}/ ({_plural(count, 'plot')})")
         return written
 
     def _command(self) -> str:
