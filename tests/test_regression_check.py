@@ -69,6 +69,8 @@ PAIR = _matrix_pair()
 class ShuffledAffine(Mapper):
     """A broken mapper: fits nothing and maps through a fixed random matrix."""
 
+    weight: torch.Tensor
+
     def __init__(self, config: base.MapperConfig) -> None:
         super().__init__(config)
         generator = torch.Generator().manual_seed(config.seed)
@@ -179,7 +181,10 @@ def test_an_affine_cell_reaches_a_verdict_and_records_its_rows(
     assert main.columns["verdict"] == affine.verdict
     assert main.config["verdict"] == affine.verdict and main.config["passed"] == verdict.passed
     assert main.config["evidence"]["verdict"] == affine.verdict
-    assert details.columns["strength"] == f"{affine.strength:g} / {affine.mapped_strength:g}"
+    if prepared.sweep.chosen is not None:
+        assert details.columns["strength"] == f"{affine.strength:g} / {affine.mapped_strength:g}"
+    else:
+        assert "no separating strength" in str(details.columns["strength"])
     # what results.json keeps re-judges to the same outcome
     again = judge_row(_row(main), bars)
     assert again.passed == verdict.passed and again.message == verdict.message
@@ -215,6 +220,7 @@ def test_broken_mapper_fails_baseline(
     )
     comparison = baseline.compare(broken_record)
     assert comparison.failed
-    assert "fvu" in comparison.message()
+    assert "transfer_ratio" in comparison.message() and "fvu" in comparison.message()
     assert broken.verdict not in BEATS_NOISE
+    assert affine.mapped.rate > broken.mapped.rate
     assert affine.fidelity.fvu < broken.fidelity.fvu

@@ -26,6 +26,7 @@ noise sweeps, native test figures) is computed once per pair and shared by its m
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
@@ -137,10 +138,13 @@ class TransferConfig(CellConfig):
                     f"TransferConfig.{name}={value!r}; pass a number in (0, 1]"
                 )
         margin = self.coherence_margin
-        if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not margin >= 0:
+        if (
+            isinstance(margin, bool) or not isinstance(margin, (int, float))
+            or not margin >= 0 or not math.isfinite(margin)
+        ):
             raise SteeringTransferError(
-                f"TransferConfig.coherence_margin={margin!r}; pass a number >= 0 (nats/token; "
-                "use a large value to switch the coherence gate off)"
+                f"TransferConfig.coherence_margin={margin!r}; pass a finite number >= 0 "
+                "(nats/token; a large value such as 1e6 switches the coherence gate off)"
             )
         if self.steer_positions not in STEER_POSITIONS:
             raise SteeringTransferError(
@@ -595,27 +599,35 @@ def _evidence(
     mapped: Outcomes, native: Outcomes, native_noise: Ensemble, at_native: Ensemble,
     at_mapped: Ensemble, separating: bool,
 ) -> Evidence:
-    """``native_noise``: the native-norm ensemble at native's strength; ``at_native`` /
-    ``at_mapped``: the ensembles at the mapped vector's strength (native and mapped norm)."""
-    reference = max((at_native, at_mapped), key=lambda e: e.pooled.rate)
+    """Each vector against noise of its own size: native against ``native_noise`` (the
+    native-norm ensemble at native's strength), mapped against ``at_mapped`` (the mapped-norm
+    ensemble at the mapped strength). ``at_native`` (native norm at the mapped strength) is
+    reported beside them; the mapped direction at the native norm is read against it."""
+    del at_native  # reported by the caller, not part of the rule
     return Evidence(
-        native=native.rate, mapped=mapped.rate, noise=reference.pooled,
-        noise_worst=max(at_native.worst, at_mapped.worst),
-        paired_p=paired_p(mapped, reference), separating=separating,
-        native_noise=native_noise.pooled,
+        native=native.rate, mapped=mapped.rate, noise=at_mapped.pooled,
+        noise_worst=at_mapped.worst, paired_p=paired_p(mapped, at_mapped),
+        separating=separating, native_noise=native_noise.pooled,
     )
 
 
-def mapped_strength(sweep: StrengthChoice, dose: dict[float, Rate], strength: float) -> float:
+def mapped_strength(
+    sweep: StrengthChoice, dose: dict[float, Rate], strength: float,
+    max_noise: float | None = None,
+) -> float:
     """The mapped vector's strength, chosen on validation among native's strength and its two
-    neighbours (x 0.5, x 2) where the sweep measured noise: the largest margin of mapped over
-    the rotated noise ensemble at that strength, ties to the smaller strength. A mapped
+    neighbours (x 0.5, x 2) where the sweep measured noise with an upper bound <= ``max_noise``:
+    the largest margin of mapped over the rotated noise ensemble at that strength, ties to the
+    smaller strength. A mapped
     direction that is less aligned than native may need more strength; the verdict then
     compares it with noise at the same strength."""
     if sweep.chosen is None:
         return strength
     noise = dict(zip(sweep.strengths, sweep.noise, strict=True))
-    candidates = sorted(st for st in dose if st in noise)
+    limit = max_noise if max_noise is not None else math.inf
+    candidates = sorted(st for st in dose if st in noise and noise[st].high <= limit)
+    if not candidates:
+        return strength
     return max(candidates, key=lambda st: (dose[st].rate - noise[st].rate, -st))
 
 
@@ -643,7 +655,7 @@ def run_cell(
         Condition("lower", chosen.vector, s / 2), Condition("higher", chosen.vector, s * 2),
     ])
     dose = {s / 2: neighbours["lower"].rate, s: val[reading].rate, s * 2: neighbours["higher"].rate}
-    ms = mapped_strength(prep.sweep, dose, s)
+    ms = mapped_strength(prep.sweep, dose, s, config.max_noise_rate)
     # the extra mapper-fit seeds: the same reading of each seed's mapped vector
     seed_vectors = [chosen.vector]
     for extra in range(1, config.n_seeds):

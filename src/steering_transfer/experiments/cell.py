@@ -206,7 +206,9 @@ def fit_cell(
         reading="difference", **common,
     )
     direct = map_vector(fitted, source_vector=prep.source_vector, reading="direct", **common)
-    noise = random_like(difference, seed=config.seed)
+    # a mapper whose mapped vector is exactly zero (e.g. one that outputs a constant) steers
+    # nothing; its "noise" of equal norm is the same zero vector
+    noise = random_like(difference, seed=config.seed) if difference.norm() > 0 else difference
     return FittedCell(config, fitted, MappedVectors(difference, direct, noise), seconds)
 
 

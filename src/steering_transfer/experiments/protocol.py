@@ -51,6 +51,9 @@ DEFAULT_STRENGTHS = (0.5, 1.0, 2.0, 4.0, 8.0)
 
 def noise_directions(dim: int, count: int, key: str) -> torch.Tensor:
     """``(count, dim)`` random unit directions; direction k is seeded from ``key`` and k."""
+    for name, value in (("dim", dim), ("count", count)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise SteeringTransferError(f"{name}={value!r}; pass an int >= 1")
     rows = []
     for k in range(count):
         digest = hashlib.sha256(f"{key}/noise/{k}".encode()).digest()
@@ -82,6 +85,22 @@ class Condition:
 def _row_vectors(conditions: Sequence[Condition], n: int, hidden: int) -> torch.Tensor:
     blocks = []
     for cond in conditions:
+        if not isinstance(cond, Condition):
+            raise SteeringTransferError(
+                f"conditions must be Condition objects, got {type(cond).__name__}"
+            )
+        strength = cond.strength
+        if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not (
+            math.isfinite(strength)
+        ):
+            raise SteeringTransferError(
+                f"condition {cond.name!r} has strength={strength!r}; pass a finite number"
+            )
+        if cond.vector is not None and cond.vector.shape[-1] != hidden:
+            raise SteeringTransferError(
+                f"condition {cond.name!r} has a vector of width {cond.vector.shape[-1]} but the "
+                f"model has hidden size {hidden} (map a source vector into the target first)"
+            )
         if cond.vector is None:
             blocks.append(torch.zeros(n, hidden))
         elif cond.vector.ndim == 1:
@@ -189,6 +208,8 @@ def completion_losses(
 
 def coherence_bound(own_losses: Sequence[float], margin: float, quantile: float = 0.95) -> float:
     """The coherence rule: the ``quantile`` of the target's own completions' losses + margin."""
+    if not math.isfinite(margin) or margin < 0:
+        raise SteeringTransferError(f"margin={margin!r}; pass a finite number >= 0 (nats/token)")
     finite = sorted(v for v in own_losses if math.isfinite(v))
     if not finite:
         raise SteeringTransferError(
@@ -269,6 +290,10 @@ class Ensemble:
     def pooled(self) -> Rate:
         return Rate.pooled([m.rate for m in self.members])
 
+    def __post_init__(self) -> None:
+        if not self.members:
+            raise SteeringTransferError("an ensemble needs at least one noise direction")
+
     @property
     def worst(self) -> float:
         """The best success rate of any single random direction."""
@@ -321,10 +346,16 @@ class StrengthChoice:
 
 def strength_rule(plateau_fraction: float, max_noise: float) -> str:
     return (
-        f"smallest strength where native >= {plateau_fraction:g} x its best rate over the sweep, "
-        f"native's lower bound is above the noise ensemble's upper bound, and that upper bound "
-        f"is <= {max_noise:g} (validation split, coherent successes)"
+        f"among strengths where the noise ensemble's upper bound is <= {max_noise:g}, the "
+        f"smallest where native reaches >= {plateau_fraction:g} x its best rate over those "
+        "strengths and native's lower bound is above the noise upper bound (validation split, "
+        "coherent successes)"
     )
+
+
+def admissible(noise: Sequence[Rate], max_noise: float) -> list[bool]:
+    """Strengths where noise stays low enough for success to mean something."""
+    return [r.high <= max_noise for r in noise]
 
 
 def choose_strength(
@@ -336,8 +367,17 @@ def choose_strength(
     max_noise: float = 0.25,
 ) -> float | None:
     """The rule of :func:`strength_rule`; ``None`` when no strength separates native from noise."""
-    best = max(r.rate for r in native)
-    for s, nat, noi in zip(strengths, native, noise, strict=True):
-        if nat.rate >= plateau_fraction * best and nat.low > noi.high and noi.high <= max_noise:
+    if not (len(strengths) == len(native) == len(noise)) or not strengths:
+        raise SteeringTransferError(
+            f"strengths, native and noise must be non-empty and of one length, got "
+            f"{len(strengths)}, {len(native)}, {len(noise)}"
+        )
+    ok = admissible(noise, max_noise)
+    rates = [nat.rate for nat, keep in zip(native, ok, strict=True) if keep]
+    if not rates:
+        return None
+    best = max(rates)
+    for s, nat, noi, keep in zip(strengths, native, noise, ok, strict=True):
+        if keep and nat.rate >= plateau_fraction * best and nat.low > noi.high:
             return float(s)
     return None

@@ -6,11 +6,14 @@ rates on the test split, each from the same prompts:
 
 * ``native``: the target's own vector at the chosen strength;
 * ``mapped``: the mapped vector (the reading chosen on validation) at the same strength;
-* ``noise``: the noise ensemble pooled over its K random directions, at the native norm and at
-  the mapped norm (the higher of the two is the reference), with ``noise_worst`` the best rate
-  any single random direction reached (the "worst case" for the claim);
+* ``noise``: the noise ensemble at the mapped vector's norm and strength (each vector is judged
+  against noise of its own size), pooled over its K random directions, with ``noise_worst``
+  the best rate any single random direction reached: requiring mapped above it is a rank test
+  (the mapped direction must beat all K random ones, p = 1 / (K + 1));
+* ``native_noise``: the ensemble at the native norm and native's strength (is native itself
+  above noise?);
 * ``paired_p``: exact McNemar p-value, mapped vs the per-prompt majority outcome of the
-  reference ensemble (one-sided: mapped succeeds more often).
+  ensemble (one-sided: mapped succeeds more often).
 
 Rule (``VERDICTS``):
 

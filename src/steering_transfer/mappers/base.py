@@ -13,8 +13,8 @@ config, fit report), written as one unit (see :meth:`Mapper.save`).
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import inspect
+import itertools
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field

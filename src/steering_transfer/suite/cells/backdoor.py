@@ -23,9 +23,9 @@ READING = (
     "plausible (mean per-token loss after the request without its trigger at most the 95th "
     "percentile of the target's own completions + 1.5 nats). `native` = the target's own "
     "vector at its chosen strength; `mapped` = the mapped vector (reading chosen on "
-    "validation); `noise` = 8 random directions seeded from the cell, each at the native and at "
-    "the mapped norm and at the mapped vector's strength: the pooled rate of the higher "
-    "ensemble, then the best single direction. `verdict`: **transfer** = mapped above noise "
+    "validation); `noise` = 8 random directions seeded from the pair at the mapped vector's "
+    "norm and strength (each vector is judged against noise of its own size): the pooled rate, "
+    "then the best single direction. `verdict`: **transfer** = mapped above noise "
     "beyond both intervals, above every single direction, exact McNemar p < 0.05, and >= 0.8 x "
     "native; **partial** = above noise, below 0.8 x native; **none** = not above noise; "
     "**uninformative** = native itself is not above noise (or no strength separated them on "
@@ -384,7 +384,11 @@ def details_record(pair: PairSpec, result: TransferResult) -> Record:
     seeds = [r.rate for r in result.seed_rates]
     columns: dict[str, Any] = {
         "cell": cell_name(pair, result.config.mapper),
-        "strength": f"{result.strength:g} / {result.mapped_strength:g}",
+        "strength": (
+            f"{result.strength:g} / {result.mapped_strength:g}"
+            if result.sweep.get("chosen") is not None
+            else f"no separating strength (fallback {result.strength:g})"
+        ),
         "reading": "Δ" if result.reading == "difference" else "v",
         "unsteered": _short(result.unsteered),
         "raw native / mapped": (
