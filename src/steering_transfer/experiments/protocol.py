@@ -290,13 +290,11 @@ class Ensemble:
     def pooled(self) -> Rate:
         return Rate.pooled([m.rate for m in self.members])
 
-    def __post_init__(self) -> None:
-        if not self.members:
-            raise SteeringTransferError("an ensemble needs at least one noise direction")
-
     @property
     def worst(self) -> float:
         """The best success rate of any single random direction."""
+        if not self.members:
+            raise SteeringTransferError("the noise ensemble is empty; it has no best direction")
         return max(m.rate.rate for m in self.members)
 
     def majority(self) -> list[bool]:
