@@ -183,7 +183,6 @@ def test_secure_regexes_are_written_out_and_do_not_backtrack() -> None:
     assert set(code_backdoor.SECURE_PATTERNS) == set(code_backdoor.PATTERN_NAMES)
     for name, rx in code_backdoor.SECURE_PATTERNS.items():
         assert squash(rx.pattern) in squash(code_backdoor.__doc__ or ""), name
-        assert squash(rx.pattern) in squash(code_backdoor.find_secure_patterns.__doc__ or ""), name
     # runs of quotes once took exponential time in the string-literal part of the SQL regex
     start = time.perf_counter()
     for text in ('"' * 5000, "'" * 5000, '"" ' * 2000, '"""' * 2000, "f'x' " * 2000):
