@@ -29,19 +29,16 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from .. import hooks
 from ..activations import extract_paired
 from ..errors import SteeringTransferError
 from ..fidelity import FidelityResult
 from ..generation import generate
 from ..metrics import Rate
-from ..positions import trigger_mask
 from ..tasks.backdoor import BackdoorTask, backdoor_task
 from ..tasks.prompts import BACKDOOR_TRIGGER, CLEAN_TRIGGER, tag
 from ..validate import check_strength
@@ -160,25 +157,6 @@ def fit_texts(
     return _fit_texts(source, target, backdoor_task(task).examples(instructions))
 
 
-def _steer_factory(
-    side: Side, layer: int, vector: torch.Tensor, alpha: float, positions: str
-) -> Callable[[list[str], dict[str, torch.Tensor]], AbstractContextManager[object]]:
-    if positions not in STEER_POSITIONS:
-        raise SteeringTransferError(
-            f"steer_positions={positions!r}; use one of {', '.join(STEER_POSITIONS)}"
-        )
-
-    def factory(prompts: list[str], enc: dict[str, torch.Tensor]) -> AbstractContextManager[object]:
-        if positions == "all":
-            return hooks.add(side.handle, layer, vector, alpha, positions="all")
-        if positions == "last_prompt":  # left-padded prompts: the last column, first pass only
-            return hooks.add(side.handle, layer, vector, alpha, positions=[-1])
-        mask = trigger_mask(prompts, BACKDOOR_TRIGGER, enc["offset_mapping"], enc["attention_mask"])
-        return hooks.add(side.handle, layer, vector, alpha, positions=mask)
-
-    return factory
-
-
 @dataclass
 class Scored:
     """Completions of one condition scored by the task: the success rate and outcome shares."""
@@ -210,20 +188,16 @@ def steered_completions(
     max_new_tokens: int = 12,
     batch_size: int = 16,
 ) -> list[str]:
-    """Greedy completions, optionally with ``alpha * vector`` added at ``positions``."""
-    factory = None
-    if vector is not None:
-        if layer is None:
-            raise SteeringTransferError("layer is required when a vector is given")
-        factory = _steer_factory(side, layer, vector, alpha, positions)
-    return generate(
-        side.handle,
-        list(prompts),
-        max_new_tokens=max_new_tokens,
-        batch_size=batch_size,
-        intervention=factory,
-        add_special_tokens=side.add_special_tokens,
-    )
+    """Greedy completions, optionally with ``alpha * vector`` added at ``positions`` (one
+    condition of :func:`~steering_transfer.experiments.protocol.run_conditions`)."""
+    if vector is not None and layer is None:
+        raise SteeringTransferError("layer is required when a vector is given")
+    check_strength(alpha, param="alpha")
+    return run_conditions(
+        side, list(prompts), [Condition("steered", vector, alpha)],
+        layer=0 if layer is None else layer, positions=positions,
+        max_new_tokens=max_new_tokens, batch_size=batch_size,
+    )["steered"]
 
 
 def native_vector(
