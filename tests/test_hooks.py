@@ -137,6 +137,24 @@ def test_ablate_removes_direction_everywhere(handle: ModelHandle) -> None:
         assert (cap[layer] @ unit).abs().max() < 1e-4
 
 
+def test_ablate_per_row_directions(handle: ModelHandle) -> None:
+    """One direction per batch row (a zero row = untouched) equals ablating row by row."""
+    enc = _enc(handle)
+    batch = enc["input_ids"].shape[0]
+    assert batch >= 2
+    direction = torch.randn(handle.hidden_size)
+    rows = torch.zeros(batch, handle.hidden_size)
+    rows[0] = direction * 3.0
+    with torch.no_grad():
+        plain = handle.model(**enc).logits
+        with hooks.ablate(handle, direction):
+            single = handle.model(**enc).logits
+        with hooks.ablate(handle, rows):
+            mixed = handle.model(**enc).logits
+    torch.testing.assert_close(mixed[0], single[0], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(mixed[1:], plain[1:])
+
+
 def test_ablate_selected_layers_only(llama: ModelHandle) -> None:
     enc = llama.tokenize(TEXTS)
     direction = torch.randn(llama.hidden_size)

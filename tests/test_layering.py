@@ -5,7 +5,8 @@ Layers, bottom up (a module's layer is its top-level name under ``steering_trans
 - ground: ``errors validate io config lazy`` -- import only ground; ``errors`` imports no
   third-party module at all (stdlib and ground only).
 - core: ``models packaged toy hooks positions generation activations alignment metrics
-  fidelity replacement lm_loss mappers vectors`` -- import only ground and core.
+  fidelity replacement lm_loss mappers vectors paired_generation`` -- import only ground and
+  core.
 - tasks: ``tasks judges`` -- import only ground, core, tasks.
 - organisms: import only ground, core, tasks, organisms (never experiments, suite, cli).
 - experiments: import only ground, core, tasks, experiments (never organisms: callers pass
@@ -49,6 +50,7 @@ LAYERS: dict[str, set[str]] = {
     "core": {
         "models", "packaged", "toy", "hooks", "positions", "generation", "activations",
         "alignment", "metrics", "fidelity", "replacement", "lm_loss", "mappers", "vectors",
+        "paired_generation",
     },
     "tasks": {"tasks", "judges"},
     **{name: {name} for name in ("organisms", "experiments", "suite")},

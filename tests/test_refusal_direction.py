@@ -24,6 +24,7 @@ from steering_transfer.experiments.refusal_direction import (
     refusal_starts,
     select_refusal_direction,
 )
+from steering_transfer.experiments.verdict import VERDICTS
 from steering_transfer.models import ModelHandle
 from steering_transfer.tasks import refusal
 
@@ -111,23 +112,35 @@ def test_refusal_cell_runs_end_to_end(llama: ModelHandle, llama_wide: ModelHandl
     source, target = Side(llama, "plain", "src"), Side(llama_wide, "plain", "tgt")
     config = RefusalConfig(
         source_layer=1, target_layer=-2, n_direction=6, n_fit_instructions=12, n_eval=4,
-        n_fidelity=4, n_coherence=4, max_new_tokens=3, batch_size=4, hold_out="form",
+        n_validation=3, n_noise=3, n_fidelity=4, n_coherence=4, max_new_tokens=3,
+        batch_size=4, hold_out="form",
     )
     prep = prepare_refusal_pair(source, target, config)
     assert prep.target_layer == llama_wide.n_layers - 2
+    assert prep.noise.shape == (3, llama_wide.hidden_size) and math.isfinite(prep.bound)
     result = run_refusal_cell(prep, "affine")
-    assert set(result.jailbreak) == {
-        "unsteered", "native", "mapped_difference", "mapped_direct", "noise",
-    }
+    assert set(result.jailbreak) == set(result.raw_jailbreak) == {"unsteered", "native", "mapped"}
     assert all(r.n == 4 for r in result.jailbreak.values())
-    assert set(result.induced) == {"unsteered", "native", "mapped_difference", "noise"}
+    assert all(c.successes <= r.successes for c, r in zip(
+        result.jailbreak.values(), result.raw_jailbreak.values(), strict=True))
+    assert len(result.jailbreak_noise.members) == 3
+    assert set(result.induced_noise) == {"native_norm", "mapped_norm"}
+    assert result.reading in ("mapped_difference", "mapped_direct")
+    assert result.verdict in VERDICTS and result.induced_evidence.verdict() in VERDICTS
     assert result.perplexity.unsteered > 1.0 and math.isfinite(result.perplexity.mapped)
+    assert len(result.perplexity.noise) == 3
     assert result.mapped_norm > 0 and result.fidelity.fvu >= 0.0
     again = run_refusal_cell(prep, "affine")  # same seed, same numbers
     assert again.to_dict()["jailbreak"] == result.to_dict()["jailbreak"]
+    assert again.to_dict()["evidence"] == result.to_dict()["evidence"]
     assert again.perplexity == result.perplexity
+    json.dumps(result.to_dict(), allow_nan=False)
     with pytest.raises(SteeringTransferError, match="n_eval"):
         prepare_refusal_pair(source, target, RefusalConfig(0, 0, n_eval=10_000))
+    with pytest.raises(SteeringTransferError, match="n_validation"):
+        prepare_refusal_pair(source, target, RefusalConfig(0, 0, n_validation=10_000))
+    with pytest.raises(SteeringTransferError, match="coherence_margin"):
+        RefusalConfig(0, 0, coherence_margin=-1.0)
 
 
 def test_fit_texts_cover_both_classes_and_styles(llama: ModelHandle) -> None:

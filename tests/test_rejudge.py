@@ -1,10 +1,10 @@
 """The committed leaderboard agrees with the rule in code (no models: recorded figures only).
 
-Every backdoor transfer row of ``reports/results.json`` records the evidence its verdict came
-from; re-judging that evidence with today's rule (experiments/verdict.py) and today's bars
-(fixtures/bench.toml) must give the verdict and the pass/fail the row records. A row whose
-mapped vector did only as well as its noise ensemble must fail its bars: the rule cannot be
-passed by noise.
+Every backdoor transfer row and every refusal row of ``reports/results.json`` records the
+evidence its verdict came from; re-judging that evidence with today's rule
+(experiments/verdict.py) and today's bars (fixtures/bench.toml) must give the verdict and the
+pass/fail the row records. A row whose mapped vector did only as well as its noise ensemble must
+fail its bars: the rule cannot be passed by noise.
 """
 
 from __future__ import annotations
@@ -23,11 +23,13 @@ MATRIX = ROOT / "fixtures" / "bench.toml"
 
 
 def evidence_rows(path: Path) -> list[dict[str, Any]]:
-    """Rows of ``transfer:*`` tables whose config records the verdict's evidence."""
+    """Rows of ``transfer:*`` and ``refusal:transfer`` tables whose config records the
+    verdict's evidence."""
     rows = json.loads(path.read_text())["rows"]
     return [
         row for row in rows
-        if row["table"].startswith("transfer:") and "evidence" in row.get("config", {})
+        if (row["table"].startswith("transfer:") or row["table"] == "refusal:transfer")
+        and "evidence" in row.get("config", {})
     ]
 
 
@@ -40,7 +42,7 @@ def pair_of(row: dict[str, Any], pairs: list[PairSpec]) -> PairSpec:
         if p.task == config["task"]
         and (p.source, p.target) == (config["source"], config["target"])
         and (p.source_layer, p.target_layer) == (config["source_layer"], config["target_layer"])
-        and p.transfer_config().alignment == config["alignment"]
+        and p.cell_config().alignment == config["alignment"]
         and p.cell_id(config["mapper"]) == row["cell_id"]
     ]
     assert len(found) == 1, (
@@ -93,6 +95,10 @@ def test_recorded_verdicts_and_outcomes_agree_with_the_rule_and_the_bars() -> No
                 f"{config.get('thresholds')}, re-judged passed={again.passed} with "
                 f"{bars.to_dict()} ({again.message})"
             )
+        induced = config.get("induced_evidence")  # refusal: induced refusal's own verdict
+        if induced is not None and Evidence.from_dict(induced).verdict() != induced["verdict"]:
+            problems.append(f"{row['cell_id']}: induced refusal's verdict disagrees with its "
+                            "evidence")
         induce = config.get("induce") or {}
         if "evidence" in induce and Evidence.from_dict(induce["evidence"]).verdict() != (
             induce["verdict"]

@@ -218,9 +218,18 @@ def _check_delta(handle: ModelHandle, delta: torch.Tensor, alpha: float) -> None
 
 
 def project_out(hidden: torch.Tensor, unit: torch.Tensor) -> torch.Tensor:
-    """``x - (x . r) r`` for a unit vector ``r``."""
+    """``x - (x . r) r`` for a unit vector ``r`` (``(hidden,)``), or one per batch row
+    (``(batch, hidden)``; a zero row leaves its row untouched)."""
     u = unit.to(device=hidden.device, dtype=hidden.dtype)
-    return hidden - (hidden @ u).unsqueeze(-1) * u
+    if u.ndim == 1:
+        return hidden - (hidden @ u).unsqueeze(-1) * u
+    if u.shape[0] != hidden.shape[0]:
+        raise SteeringTransferError(
+            f"per-row direction has {u.shape[0]} rows but the batch has {hidden.shape[0]}"
+        )
+    shape = (u.shape[0],) + (1,) * (hidden.ndim - 2) + (u.shape[1],)
+    u = u.reshape(shape)
+    return hidden - (hidden * u).sum(-1, keepdim=True) * u
 
 
 def _ablate_hook(unit: torch.Tensor) -> HookFn:
@@ -250,18 +259,25 @@ def ablate(
 ) -> Iterator[None]:
     """Directional ablation: remove the component along ``direction`` from the residual stream.
 
+    ``direction`` is ``(hidden,)``, or ``(batch, hidden)`` for one direction per batch row (a
+    zero row leaves that row untouched), so many ablations share one generate call.
+
     With ``layers="all"`` this follows Arditi et al.: the direction is projected out of the
     embeddings, of every sub-layer output written to the residual stream (attention and MLP,
     after Gemma's post-norms) and of every block output, so no block ever reads it. With explicit
     layers only those blocks' outputs are edited.
     """
     vec = _prepare_vector(handle, direction, param="direction")
-    if vec.ndim != 1:
-        raise SteeringTransferError("direction must be a 1-D tensor of the model's hidden size")
-    norm = vec.norm()
-    if float(norm) == 0.0:
-        raise SteeringTransferError("direction has zero norm; it defines no direction to ablate")
-    unit = vec / norm
+    if vec.ndim == 1:
+        norm = vec.norm()
+        if float(norm) == 0.0:
+            raise SteeringTransferError(
+                "direction has zero norm; it defines no direction to ablate"
+            )
+        unit = vec / norm
+    else:  # one direction per batch row; a zero row means "this row is not ablated"
+        norms = vec.norm(dim=-1, keepdim=True)
+        unit = torch.where(norms > 0, vec / norms.clamp_min(1e-30), torch.zeros_like(vec))
     regs: list[tuple[nn.Module, HookFn]] = []
     if layers == "all":
         regs.append((handle.model.get_input_embeddings(), _ablate_hook(unit)))

