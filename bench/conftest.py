@@ -118,8 +118,11 @@ def pytest_steering_transfer_cells(config: pytest.Config) -> list[Cell]:
     ]
 
 
-def _marks(real: bool, *cells: Cell) -> list[Any]:
-    return [*([pytest.mark.real] if real else []), pytest.mark.st_cell(*cells)]
+def _marks(real: bool, *cells: Cell, group: str | None = None) -> list[Any]:
+    """The tier and cell marks, plus an xdist group: ``pytest bench -n 2 --dist loadgroup``
+    keeps a pair's mapper cells on one worker, which then prepares the pair once."""
+    grouped = [pytest.mark.xdist_group(name=group)] if group else []
+    return [*([pytest.mark.real] if real else []), pytest.mark.st_cell(*cells), *grouped]
 
 
 def _matrix_cells(config: pytest.Config, tasks: tuple[str, ...]) -> list[Any]:
@@ -129,7 +132,9 @@ def _matrix_cells(config: pytest.Config, tasks: tuple[str, ...]) -> list[Any]:
             pair,
             mapper,
             id=pair.cell_id(mapper),
-            marks=_marks(pair.tier == "real", pair_cell(pair, [mapper], _depth)),
+            marks=_marks(
+                pair.tier == "real", pair_cell(pair, [mapper], _depth), group=pair.pair_id
+            ),
         )
         for pair in load_matrix(MATRIX)
         if pair.task in tasks

