@@ -12,7 +12,11 @@ import pytest
 
 from steering_transfer.experiments.cell import Side
 from steering_transfer.experiments.refusal import PreparedRefusalPair, run_refusal_cell
-from steering_transfer.experiments.refusal_direction import refusal_starts, select_refusal_direction
+from steering_transfer.experiments.refusal_direction import (
+    NoRefusalDirection,
+    refusal_starts,
+    select_refusal_direction,
+)
 from steering_transfer.organisms import get_spec
 from steering_transfer.suite.cells.backdoor import settle
 from steering_transfer.suite.cells.refusal import (
@@ -63,21 +67,34 @@ def test_refusal_direction(
     def prompts(items: Any) -> list[str]:
         return [side.prompt(p.text) for p in items]
 
-    choice = select_refusal_direction(
-        side.handle,
-        harmful_train=prompts(splits.harmful("train")[:N_DIRECTION]),
-        harmless_train=prompts(splits.harmless("train")[:N_DIRECTION]),
-        harmful_val=prompts(splits.harmful("validation")[:N_VALIDATION]),
-        harmless_val=prompts(splits.harmless("validation")[:N_VALIDATION]),
-        starts=refusal_starts(side.style),
-        add_special_tokens=prompt_add_special_tokens(side.style),
-        batch_size=24,
-        **selection_settings,  # per-organism settings from [refusal_selection] in bench.toml
-    )
+    settings = dict(selection_settings)  # [refusal_selection.<organism>] in bench.toml
+    expected_none = settings.pop("expect_no_direction", None)
     resolved = [side.handle.layer(layer) for layer in used_layers]  # as a target (may be none)
+    try:
+        choice = select_refusal_direction(
+            side.handle,
+            harmful_train=prompts(splits.harmful("train")[:N_DIRECTION]),
+            harmless_train=prompts(splits.harmless("train")[:N_DIRECTION]),
+            harmful_val=prompts(splits.harmful("validation")[:N_VALIDATION]),
+            harmless_val=prompts(splits.harmless("validation")[:N_VALIDATION]),
+            starts=refusal_starts(side.style),
+            add_special_tokens=prompt_add_special_tokens(side.style),
+            batch_size=24,
+            **settings,
+        )
+    except NoRefusalDirection as none:
+        st_record(direction_record(organism, none, resolved))
+        if expected_none is None:
+            raise
+        pytest.xfail(f"{expected_none} | {none}")
     st_record(direction_record(organism, choice, resolved))
-    kept = [c.layer for c in choice.candidates if c.kept]
-    assert set(resolved) <= set(kept), (
-        f"{organism}: refusal cells steer it at layers {resolved} but the selection keeps {kept} "
-        f"(selected L{choice.layer}); update fixtures/bench.toml from reports/refusal.md"
+    if expected_none is not None:
+        pytest.fail(
+            f"{organism}: the matrix expects no refusal direction ({expected_none}) but "
+            f"L{choice.layer} passes the filters; update fixtures/bench.toml"
+        )
+    assert all(layer == choice.layer for layer in resolved), (
+        f"{organism}: refusal cells use it as a target at layers {resolved} but the selection "
+        f"picks L{choice.layer} (kept: {[c.layer for c in choice.candidates if c.kept]}); the "
+        "used layer must be the selected one: update fixtures/bench.toml from reports/refusal.md"
     )

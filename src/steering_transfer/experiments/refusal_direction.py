@@ -190,22 +190,53 @@ class DirectionChoice:
     settings: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "model_id": self.model_id,
-            "layer": self.layer,
-            "norm": float(self.direction.vector.norm()),
-            "harmful_score": self.harmful_score,
-            "harmless_score": self.harmless_score,
-            "candidates": [  # figures not computed for a dropped layer are None (JSON has no NaN)
-                {k: None if isinstance(v, float) and math.isnan(v) else v
-                 for k, v in asdict(c).items()}
-                for c in self.candidates
-            ],
-            "settings": {  # JSON has no inf: an unbounded filter is written as "inf"
-                k: str(v) if isinstance(v, float) and not math.isfinite(v) else v
-                for k, v in self.settings.items()
-            },
-        }
+        return selection_dict(
+            self.model_id, self.layer, float(self.direction.vector.norm()), self.harmful_score,
+            self.harmless_score, self.candidates, self.settings,
+        )
+
+
+def selection_dict(
+    model_id: str, layer: int | None, norm: float | None, harmful_score: float,
+    harmless_score: float, candidates: Sequence[Candidate], settings: dict[str, Any],
+) -> dict[str, Any]:
+    """A selection's JSON record (``layer`` / ``norm`` ``None``: no candidate passed)."""
+    return {
+        "model_id": model_id,
+        "layer": layer,
+        "norm": norm,
+        "harmful_score": harmful_score,
+        "harmless_score": harmless_score,
+        "candidates": [  # figures not computed for a dropped layer are None (JSON has no NaN)
+            {k: None if isinstance(v, float) and math.isnan(v) else v
+             for k, v in asdict(c).items()}
+            for c in candidates
+        ],
+        "settings": {  # JSON has no inf: an unbounded filter is written as "inf"
+            k: str(v) if isinstance(v, float) and not math.isfinite(v) else v
+            for k, v in settings.items()
+        },
+    }
+
+
+class NoRefusalDirection(SteeringTransferError):
+    """No candidate passes the filters; carries every candidate's figures for the report."""
+
+    def __init__(
+        self, message: str, *, candidates: list[Candidate], harmful_score: float,
+        harmless_score: float, settings: dict[str, Any],
+    ) -> None:
+        super().__init__(message)
+        self.candidates = candidates
+        self.harmful_score = harmful_score
+        self.harmless_score = harmless_score
+        self.settings = settings
+
+    def to_dict(self, model_id: str) -> dict[str, Any]:
+        return selection_dict(
+            model_id, None, None, self.harmful_score, self.harmless_score, self.candidates,
+            self.settings,
+        )
 
 
 def select_refusal_direction(
@@ -228,7 +259,8 @@ def select_refusal_direction(
 
     ``layers`` restricts the candidates (default: every layer; those at or past
     ``max_layer_fraction`` are reported but dropped). ``min_induced_score`` is Arditi's 0.
-    When every candidate is filtered out, the error lists each one's figures.
+    When every candidate is filtered out, :class:`NoRefusalDirection` lists each one's figures
+    (and carries them): the filters are not loosened behind the caller's back.
     """
     if not 0.0 < max_layer_fraction <= 1.0:
         raise SteeringTransferError(
@@ -282,11 +314,17 @@ def select_refusal_direction(
             )
         candidates.append(Candidate(layer, norm, kl, abl_score, ind_score, not reason, reason))
     kept = [c for c in candidates if c.kept]
+    settings = {"kl_max": kl_max, "min_induced_score": min_induced_score,
+                "max_layer_fraction": max_layer_fraction,
+                "starts": list(starts), "n_val": [len(harmful_val), len(harmless_val)]}
     if not kept:
         table = "; ".join(f"L{c.layer}: {c.reason}" for c in candidates)
-        raise SteeringTransferError(
+        raise NoRefusalDirection(
             f"no refusal direction of {handle.model_id} passes the filters ({table}); check that "
-            "the model refuses the harmful prompts (organism report), or relax kl_max / layers"
+            "the model refuses the harmful prompts (organism report); a looser filter is a "
+            "different selection and must be reported as such",
+            candidates=candidates, harmful_score=harmful_score, harmless_score=harmless_score,
+            settings=settings,
         )
     best = min(kept, key=lambda c: (c.ablated_harmful_score, c.layer))
     direction = SteeringVector(
@@ -301,8 +339,5 @@ def select_refusal_direction(
     )
     return DirectionChoice(
         model_id=handle.model_id, layer=best.layer, direction=direction, candidates=candidates,
-        harmful_score=harmful_score, harmless_score=harmless_score,
-        settings={"kl_max": kl_max, "min_induced_score": min_induced_score,
-                  "max_layer_fraction": max_layer_fraction,
-                  "starts": list(starts), "n_val": [len(harmful_val), len(harmless_val)]},
+        harmful_score=harmful_score, harmless_score=harmless_score, settings=settings,
     )

@@ -381,20 +381,27 @@ def load_matrix(path: str | Path) -> list[PairSpec]:
     return pairs
 
 
-_SELECTION_KEYS = {"kl_max", "min_induced_score", "max_layer_fraction", "layers"}
+_SELECTION_KEYS = {
+    "kl_max", "min_induced_score", "max_layer_fraction", "layers", "expect_no_direction",
+}
 
 
 def load_refusal_selection(path: str | Path) -> dict[str, dict[str, Any]]:
     """Per-organism overrides of the refusal-direction selection (``[refusal_selection.<id>]``):
     ``kl_max`` (``inf`` turns the filter off), ``min_induced_score``, ``max_layer_fraction``
-    (numbers) and ``layers`` (a list of layer indices)."""
+    (numbers), ``layers`` (a list of layer indices) and ``expect_no_direction`` (a reason, with
+    the measured figures: no candidate passes the filters, and the test says so as an expected
+    failure instead of loosening them)."""
     path, document = _read(path)
     raw = document.get("refusal_selection", {})
     for organism, settings in raw.items():
         where = f"{path.name} [refusal_selection.{organism}]"
         reject_unknown_keys(settings, _SELECTION_KEYS, where=where)
         for key, value in settings.items():
-            if key == "layers":
+            if key == "expect_no_direction":
+                ok = isinstance(value, str) and bool(value.strip())
+                expected = "a non-empty reason"
+            elif key == "layers":
                 ok = isinstance(value, list) and all(
                     isinstance(v, int) and not isinstance(v, bool) for v in value
                 )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 from steering_transfer.experiments.refusal import RefusalResult
-from steering_transfer.experiments.refusal_direction import DirectionChoice
+from steering_transfer.experiments.refusal_direction import DirectionChoice, NoRefusalDirection
 from steering_transfer.metrics import Rate
 from steering_transfer.suite.cells.backdoor import (
     Verdict,
@@ -177,11 +177,15 @@ def _fmt(value: float, digits: int = 2) -> str:
     return "–" if math.isnan(value) else f"{value:.{digits}f}"
 
 
-def direction_record(organism: str, choice: DirectionChoice, used: list[int]) -> Record:
-    """One row per organism: the selection figures of every candidate layer."""
+def direction_record(
+    organism: str, choice: DirectionChoice | NoRefusalDirection, used: list[int]
+) -> Record:
+    """One row per organism: the selection figures of every candidate layer (``selected`` is
+    "none" when no candidate passes the filters)."""
+    selected = choice.layer if isinstance(choice, DirectionChoice) else None
     columns: dict[str, str | int | float | None] = {
         "model": organism,
-        "selected": choice.layer,
+        "selected": "none" if selected is None else selected,
         "used": ",".join(str(layer) for layer in used),
         "score harmful / harmless": f"{choice.harmful_score:.2f} / {choice.harmless_score:.2f}",
         "KL at L0, L1, ...": " ".join(_fmt(c.kl_harmless) for c in choice.candidates),
@@ -190,12 +194,14 @@ def direction_record(organism: str, choice: DirectionChoice, used: list[int]) ->
         "induced harmless score": " ".join(_fmt(c.induced_harmless_score, 1)
                                            for c in choice.candidates),
         "kept": ",".join(str(c.layer) for c in choice.candidates if c.kept) or "none",
+        "kl_max": str(choice.settings.get("kl_max")),
         "n val": "/".join(str(n) for n in choice.settings.get("n_val", [])),
     }
+    config = choice.to_dict() if isinstance(choice, DirectionChoice) else choice.to_dict(organism)
     return Record(
         table="refusal:directions",
         cell_id=f"refusal-direction-{organism}",
         columns=columns,
-        figures={"selected_layer": figure(float(choice.layer))},
-        config=choice.to_dict(),
+        figures={} if selected is None else {"selected_layer": figure(float(selected))},
+        config=config,
     )
