@@ -84,7 +84,7 @@ def test_refusal_pairs_take_their_own_defaults(tmp_path: Path) -> None:
     path.write_text(path.read_text().replace("kl_max = 0.3", 'expect_no_direction = "KL 6"'))
     assert load_refusal_selection(path) == {"a-refusal": {"expect_no_direction": "KL 6"}}
     path.write_text(path.read_text().replace('"KL 6"', '" "'))
-    with pytest.raises(SteeringTransferError, match="expect_no_direction.*non-empty reason"):
+    with pytest.raises(SteeringTransferError, match=r"expect_no_direction.*non-empty reason"):
         load_refusal_selection(path)
     path.write_text(path.read_text().replace('expect_no_direction = " "', "kl_mx = 0.3"))
     with pytest.raises(SteeringTransferError, match="kl_mx"):

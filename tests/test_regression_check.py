@@ -33,7 +33,7 @@ from steering_transfer.experiments.backdoor import (
 )
 from steering_transfer.experiments.cell import Side
 from steering_transfer.experiments.verdict import BEATS_NOISE, VERDICTS
-from steering_transfer.mappers import FitReport, Mapper, base, register_mapper
+from steering_transfer.mappers import FitReport, Mapper, MeanOutputMapper, base, register_mapper
 from steering_transfer.organisms import get_spec, load_organism
 from steering_transfer.suite import Baseline
 from steering_transfer.suite.cells.backdoor import (
@@ -84,29 +84,10 @@ class ShuffledAffine(Mapper):
         return FitReport(n_train=len(source), n_val=0, seconds=0.0)
 
 
-class MeanOutput(Mapper):
-    """The weakest possible "mapper": fits the target's mean activation and maps every row to
-    it. Its mapped vector is zero and its replacement is mean ablation, so no bar may pass."""
-
-    target_mean: torch.Tensor
-
-    def __init__(self, config: base.MapperConfig) -> None:
-        super().__init__(config)
-        self.register_buffer("target_mean", torch.zeros(config.target_dim))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.target_mean.expand(*x.shape[:-1], self.target_dim).clone()
-
-    def _fit(self, source: torch.Tensor, target: torch.Tensor, show_progress: bool) -> FitReport:
-        with torch.no_grad():
-            self.target_mean.copy_(target.double().mean(0).float())
-        return FitReport(n_train=len(source), n_val=0, seconds=0.0)
-
-
 @pytest.fixture
 def registered() -> Iterator[None]:
     """The two pseudo-mappers in the registry for one test, removed afterwards."""
-    for name, cls in (("broken-affine", ShuffledAffine), ("mean_output", MeanOutput)):
+    for name, cls in (("broken-affine", ShuffledAffine), ("mean_output", MeanOutputMapper)):
         register_mapper(name)(cls)
     try:
         yield

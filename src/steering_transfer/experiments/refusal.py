@@ -318,6 +318,20 @@ def _evidence(
     )
 
 
+def _requests(
+    splits: refusal.RefusalSplits, split: str, n: int, param: str
+) -> tuple[list[str], list[str]]:
+    """The first ``n`` harmful and harmless requests of ``split`` (error naming ``param``)."""
+    harmful = [p.text for p in splits.harmful(split)[:n]]
+    harmless = [p.text for p in splits.harmless(split)[:n]]
+    if len(harmful) < n or len(harmless) < n:
+        raise SteeringTransferError(
+            f"{param}={n} but the {split} split has {len(harmful)} harmful and {len(harmless)} "
+            f"harmless requests; lower {param}"
+        )
+    return harmful, harmless
+
+
 def prepare_refusal_pair(
     source: Side, target: Side, config: RefusalConfig, *, show_progress: bool = False
 ) -> PreparedRefusalPair:
@@ -326,21 +340,10 @@ def prepare_refusal_pair(
     splits = refusal.make_splits(config.seed, hold_out=config.hold_out)
     s_layer = source.handle.layer(config.source_layer, param="source_layer")
     t_layer = target.handle.layer(config.target_layer, param="target_layer")
-    harmful_test = [p.text for p in splits.harmful("test")[: config.n_eval]]
-    harmless_test = [p.text for p in splits.harmless("test")[: config.n_eval]]
-    if len(harmful_test) < config.n_eval or len(harmless_test) < config.n_eval:
-        raise SteeringTransferError(
-            f"n_eval={config.n_eval} but the test split has {len(harmful_test)} harmful and "
-            f"{len(harmless_test)} harmless requests; lower n_eval"
-        )
-    harmful_val = [p.text for p in splits.harmful("validation")[: config.n_validation]]
-    harmless_val = [p.text for p in splits.harmless("validation")[: config.n_validation]]
-    if len(harmful_val) < config.n_validation or len(harmless_val) < config.n_validation:
-        raise SteeringTransferError(
-            f"n_validation={config.n_validation} but the validation split has "
-            f"{len(harmful_val)} harmful and {len(harmless_val)} harmless requests; lower "
-            "n_validation"
-        )
+    harmful_test, harmless_test = _requests(splits, "test", config.n_eval, "n_eval")
+    harmful_val, harmless_val = _requests(
+        splits, "validation", config.n_validation, "n_validation"
+    )
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
     harmful_dir = [p.text for p in splits.harmful("train")[: config.n_direction]]

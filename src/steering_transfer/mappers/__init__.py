@@ -13,6 +13,7 @@ from .base import (
     load_mapper,
     register_mapper,
 )
+from .baselines import MeanOutputMapper
 from .gradient import GradientConfig
 from .lowrank import LowRankConfig, LowRankMapper
 from .procrustes import ProcrustesConfig, ProcrustesMapper
@@ -28,6 +29,7 @@ __all__ = [
     "LowRankMapper",
     "Mapper",
     "MapperConfig",
+    "MeanOutputMapper",
     "ProcrustesConfig",
     "ProcrustesMapper",
     "available_mappers",
