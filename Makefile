@@ -38,7 +38,7 @@ test: $(STAMP)
 JOBS ?= 2
 bench: $(STAMP)
 	$(ST) zoo build --quiet --jobs $(JOBS) $(TINY_ZOO)
-	$(PY) -m pytest bench -n $(JOBS) --dist loadgroup
+	OMP_WAIT_POLICY=PASSIVE $(PY) -m pytest bench -n $(JOBS) --dist loadgroup
 
 # real tier: packaged pretrained organisms (SmolLM2-135M, Gemma-3-270M), minutes each to build
 real: $(STAMP)

@@ -177,6 +177,9 @@ def _build_parallel(chosen: list[OrganismSpec], args: argparse.Namespace) -> Non
             todo.append(spec)
     if not todo:
         return
+    # idle OpenMP threads sleep instead of spinning: with several builds on few cores, spinning
+    # threads take the cores the other builds need (the numbers do not depend on it)
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     context = multiprocessing.get_context("spawn")  # torch state must not be forked
     with cf.ProcessPoolExecutor(max_workers=min(args.jobs, len(todo)), mp_context=context) as pool:
         futures = {
