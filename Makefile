@@ -34,11 +34,14 @@ test: $(STAMP)
 # default tier: tiny zoo (reports/organisms.md is regenerated from every organism built so far).
 # Two builds / two pytest workers at a time: tiny models are bound by per-operation overhead, not
 # by cores; each build and worker keeps its own fixed torch thread count, so the weights and
-# figures are the same as one at a time.
+# figures are the same as one at a time (measured: bitwise). The timing benchmarks run alone
+# afterwards (pytest-benchmark switches itself off under xdist, and timings need a quiet machine).
 JOBS ?= 2
+PERF := bench/test_perf_core.py bench/test_perf_mappers.py
 bench: $(STAMP)
 	$(ST) zoo build --quiet --jobs $(JOBS) $(TINY_ZOO)
-	OMP_WAIT_POLICY=PASSIVE $(PY) -m pytest bench -n $(JOBS) --dist loadgroup
+	OMP_WAIT_POLICY=PASSIVE $(PY) -m pytest bench -n $(JOBS) --dist loadgroup $(foreach f,$(PERF),--ignore=$(f))
+	$(PY) -m pytest $(PERF)
 
 # real tier: packaged pretrained organisms (SmolLM2-135M, Gemma-3-270M), minutes each to build
 real: $(STAMP)

@@ -177,6 +177,8 @@ def _build_parallel(chosen: list[OrganismSpec], args: argparse.Namespace) -> Non
             todo.append(spec)
     if not todo:
         return
+    # longest first (their budgets, then steps), so no long build starts last and runs alone
+    todo.sort(key=lambda s: (-(s.budget_s or 0.0), -int(s.train_options.get("steps", 0))))
     # idle OpenMP threads sleep instead of spinning: with several builds on few cores, spinning
     # threads take the cores the other builds need (the numbers do not depend on it)
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
