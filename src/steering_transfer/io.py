@@ -307,7 +307,11 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
     path = Path(os.path.abspath(path))
     if not path.name:
         raise SteeringTransferError(f"path {str(path)!r} has no folder name; pass a sub-folder")
-    if os.path.lexists(path) and not path.is_dir():
+    try:  # one stat: a concurrent writer may move the folder aside between two checks
+        is_folder = stat.S_ISDIR(os.stat(path).st_mode)
+    except FileNotFoundError:
+        is_folder = True  # nothing there yet
+    if not is_folder:
         raise SteeringTransferError(
             f"path {str(path)!r} exists and is not a folder; remove it or pass another path"
         )
