@@ -263,28 +263,30 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 
 @pytest.fixture(scope="session")
-def sides() -> Callable[[str], Side]:
-    """Organisms loaded once per session (built on demand)."""
-    cache: dict[str, Side] = {}
+def sides() -> Callable[..., Side]:
+    """Organisms loaded once per session and dtype (built on demand): ``sides(organism)`` in
+    float32, ``sides(organism, "bfloat16")`` for a pair whose config says so."""
+    cache: dict[tuple[str, str], Side] = {}
 
-    def get(organism: str) -> Side:
-        if organism not in cache:
-            spec = get_spec(organism)
-            cache[organism] = Side(load_organism(organism, progress=False), spec.style, organism)
-        return cache[organism]
+    def get(organism: str, dtype: str = "float32") -> Side:
+        if (organism, dtype) not in cache:
+            handle = load_organism(organism, progress=False, dtype=dtype)
+            cache[organism, dtype] = Side(handle, get_spec(organism).style, organism)
+        return cache[organism, dtype]
 
     return get
 
 
 @pytest.fixture(scope="session")
-def prepared(sides: Callable[[str], Side]) -> Callable[[PairSpec], PreparedPair]:
+def prepared(sides: Callable[..., Side]) -> Callable[[PairSpec], PreparedPair]:
     """Activations, native vectors and baselines computed once per pair, shared by mappers."""
     cache: dict[str, PreparedPair] = {}
 
     def get(pair: PairSpec) -> PreparedPair:
         if pair.pair_id not in cache:
+            config = pair.transfer_config()
             cache[pair.pair_id] = prepare_pair(
-                sides(pair.source), sides(pair.target), pair.transfer_config()
+                sides(pair.source, config.dtype), sides(pair.target, config.dtype), config
             )
         return cache[pair.pair_id]
 
@@ -293,15 +295,16 @@ def prepared(sides: Callable[[str], Side]) -> Callable[[PairSpec], PreparedPair]
 
 @pytest.fixture(scope="session")
 def prepared_refusal(
-    sides: Callable[[str], Side],
+    sides: Callable[..., Side],
 ) -> Callable[[PairSpec], PreparedRefusalPair]:
     """Directions, activations and target baselines of a refusal pair, shared by mappers."""
     cache: dict[str, PreparedRefusalPair] = {}
 
     def get(pair: PairSpec) -> PreparedRefusalPair:
         if pair.pair_id not in cache:
+            config = pair.refusal_config()
             cache[pair.pair_id] = prepare_refusal_pair(
-                sides(pair.source), sides(pair.target), pair.refusal_config()
+                sides(pair.source, config.dtype), sides(pair.target, config.dtype), config
             )
         return cache[pair.pair_id]
 

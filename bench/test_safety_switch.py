@@ -23,10 +23,11 @@ from steering_transfer.suite.matrix import SwitchSpec
 
 
 def test_safety_switch(
-    switch_spec: SwitchSpec, sides: Callable[[str], Side], st_record: Any
+    switch_spec: SwitchSpec, sides: Callable[..., Side], st_record: Any
 ) -> None:
     spec = switch_spec
-    result = safety_switch(sides(spec.finetuned), sides(spec.base), spec.config)
+    dtype = spec.config.dtype
+    result = safety_switch(sides(spec.finetuned, dtype), sides(spec.base, dtype), spec.config)
     for record in switch_records(spec, result):
         st_record(record)
     if result.test is not None:

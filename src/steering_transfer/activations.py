@@ -6,8 +6,9 @@ token-level extraction here, steering-vector extraction (:mod:`.vectors.extracti
 refusal direction's last-token activations all run it and differ only in which positions they
 keep and how they reduce them.
 
-Token activations are flattened to non-pad tokens and streamed to safetensors shards in a cache
-keyed by (model fingerprint, layer, hash of texts, max length); shards are written atomically
+Token activations are flattened to non-pad tokens and streamed to safetensors shards (always
+float32) in a cache keyed by (model fingerprint, model dtype, layer, hash of texts, max length);
+shards are written atomically
 and a manifest (with each shard's token count) is written last, so a killed run never looks
 complete. Shard names carry the batch size, so extractions of one entry with different batch
 sizes never overwrite each other's shards, and loading checks that the shards cover every text.
@@ -135,15 +136,26 @@ def iter_block_outputs(
         yield BlockBatch(start, chunk, enc, forward_layers(handle, enc, wanted))
 
 
+def _dtype_name(handle: ModelHandle) -> str:
+    return str(handle.dtype).removeprefix("torch.")
+
+
 def _cache_dir(handle: ModelHandle, layer: int, texts: list[str], max_length: int | None) -> Path:
+    """The entry of (model, dtype, layer, texts, max_length).
+
+    The dtype is in the key because a bfloat16 model's activations are not its float32 ones
+    (and the fingerprint, computed once per handle, would not see a later ``model.to``); float32
+    entries keep the name they had before the dtype was keyed, so existing caches stay valid.
+    """
     key = stable_hash({"texts": texts})
-    name = f"{handle.fingerprint}-L{layer}-{key}-max{max_length}"
+    dtype = "" if handle.dtype == torch.float32 else f"-{_dtype_name(handle)}"
+    name = f"{handle.fingerprint}{dtype}-L{layer}-{key}-max{max_length}"
     return cache_root() / "activations" / name
 
 
 def activation_cache_dir() -> Path:
     """Where extracted activations are cached: ``<cache root>/activations``, one folder an
-    entry (model fingerprint, layer, texts, max_length)."""
+    entry (model fingerprint, model dtype, layer, texts, max_length)."""
     return cache_root() / "activations"
 
 
@@ -196,6 +208,12 @@ def _load_cached(
         f"delete {directory} (`steering-transfer cache clean`, or pass refresh=True) to "
         "rebuild it"
     )
+    # entries written before the dtype was recorded are float32 ones (see _cache_dir)
+    if manifest.get("dtype", "float32") != _dtype_name(handle):
+        raise SteeringTransferError(
+            f"cache entry {directory} holds activations of a {manifest.get('dtype')} model but "
+            f"{handle.model_id} is loaded in {_dtype_name(handle)}; {rebuild}"
+        )
     shards = manifest.get("shards", [])
     parts: dict[str, list[torch.Tensor]] = {}
     for shard in shards:
@@ -257,11 +275,12 @@ def extract_activations(
     refresh: bool = False,
     show_progress: bool = True,
 ) -> TokenActivations:
-    """Block-``layer`` outputs for every non-pad token of every text (float32, on CPU).
+    """Block-``layer`` outputs for every non-pad token of every text (float32, on CPU, whatever
+    the model's dtype).
 
-    Every text must encode to at least one token. The cache entry is keyed by model, layer,
-    texts and ``max_length``; a hit is returned whatever ``batch_size`` it was extracted with,
-    and an entry whose shards do not cover every text raises (naming the entry to delete).
+    Every text must encode to at least one token. The cache entry is keyed by model, its dtype,
+    layer, texts and ``max_length``; a hit is returned whatever ``batch_size`` it was extracted
+    with, and an entry whose shards do not cover every text raises (naming the entry to delete).
     """
     texts = check_texts(texts)
     resolved = handle.layer(layer)
@@ -310,6 +329,7 @@ def extract_activations(
             {
                 "model_id": handle.model_id,
                 "fingerprint": handle.fingerprint,
+                "dtype": _dtype_name(handle),
                 "layer": resolved,
                 "n_texts": len(texts),
                 "max_length": max_length,

@@ -98,7 +98,8 @@ def build_replacements(
     target_positions: Sequence[torch.Tensor],
     mapper: Mapper,
 ) -> Replacements:
-    """Mapped and mean-ablated copies of ``true_acts`` (batch, seq, d) at aligned positions."""
+    """Mapped and mean-ablated copies of ``true_acts`` (batch, seq, d) at aligned positions,
+    in ``true_acts``'s dtype; ``predicted`` / ``true`` are float32."""
     mapped_full = true_acts.clone()
     mean_full = true_acts.clone()
     mask = torch.zeros(true_acts.shape[:2], dtype=torch.bool, device=true_acts.device)
@@ -107,11 +108,14 @@ def build_replacements(
     for row, (s, t) in enumerate(zip(source_positions, target_positions, strict=True)):
         if t.numel() == 0:
             continue
-        mapped = mapper.map(source_acts[row, s.to(source_acts.device)]).to(true_acts.device)
+        # the mapper reads float32 whatever the models' dtype (FVU and the other activation
+        # metrics then see its float32 output); the replacement goes back in the block's dtype
+        rows = source_acts[row, s.to(source_acts.device)].float()
+        mapped = mapper.map(rows).to(true_acts.device)
         t_dev = t.to(true_acts.device)
         mapped_full[row, t_dev] = mapped.to(true_acts.dtype)
         n_real = int(attention_mask[row].sum())
-        mean_full[row, t_dev] = true_acts[row, :n_real].mean(0)
+        mean_full[row, t_dev] = true_acts[row, :n_real].float().mean(0).to(true_acts.dtype)
         mask[row, t_dev] = True
         preds.append(mapped.float().cpu())
         trues.append(true_acts[row, t_dev].float().cpu())

@@ -50,6 +50,7 @@ from .cell import (
     VectorGeometry,
     cell_fidelity,
     cell_seconds,
+    check_side_dtypes,
     fit_cell,
     fit_mapper,
     training_texts,
@@ -386,6 +387,7 @@ def prepare_pair(
 ) -> PreparedPair:
     """Paired activations, both models' vectors, the validation sweep and the target's test
     figures that do not depend on the mapper."""
+    check_side_dtypes(config, source, target)
     task = backdoor_task(config.task)
     splits = splits or task.splits(config.seed)
     s_layer = source.handle.layer(config.source_layer, param="source_layer")

@@ -54,6 +54,7 @@ from .cell import (
     VectorGeometry,
     cell_fidelity,
     cell_seconds,
+    check_side_dtypes,
     fit_cell,
     fit_texts,
     training_texts,
@@ -337,6 +338,7 @@ def prepare_refusal_pair(
 ) -> PreparedRefusalPair:
     """Directions, paired activations, validation and test prompts, the coherence bound and the
     target's baselines (unsteered, native, noise directions)."""
+    check_side_dtypes(config, source, target)
     splits = refusal.make_splits(config.seed, hold_out=config.hold_out)
     s_layer = source.handle.layer(config.source_layer, param="source_layer")
     t_layer = target.handle.layer(config.target_layer, param="target_layer")

