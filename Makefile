@@ -28,7 +28,7 @@ setup: $(STAMP)
 
 # the tiny zoo is built (or verified from the cache) first so its tests run rather than skip
 test: $(STAMP)
-	$(ST) zoo build --quiet --no-report $(TINY_ZOO)
+	$(ST) zoo build --quiet --no-report --jobs $(JOBS) $(TINY_ZOO)
 	$(PY) -m pytest tests
 
 # default tier: tiny zoo (reports/organisms.md is regenerated from every organism built so far).
