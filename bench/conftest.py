@@ -162,6 +162,7 @@ def _sweep_models(config: pytest.Config) -> list[Any]:
                 "target": set(),
                 "source": set(),
                 "real": False,
+                "dtype": cfg.dtype,
             },
         )
 
@@ -184,7 +185,7 @@ def _sweep_models(config: pytest.Config) -> list[Any]:
         cfg = pair.transfer_config()
         found = entry(pair.source, TransferConfig(
             source_layer=0, target_layer=0, task=pair.task, steer_positions=cfg.steer_positions,
-            alpha=cfg.alpha, max_new_tokens=cfg.max_new_tokens,
+            alpha=cfg.alpha, max_new_tokens=cfg.max_new_tokens, dtype=cfg.dtype,
         ))
         found["source"].add(pair.source_layer)
         found["real"] |= pair.tier == "real"
@@ -198,6 +199,7 @@ def _sweep_models(config: pytest.Config) -> list[Any]:
             sorted(entry["target"]),
             sorted(entry["source"]),
             3 if entry["real"] else 1,  # real models: every third layer plus the used ones
+            entry["dtype"],  # the dtype the matrix steers it in as a target
             id=f"layers-{organism}",
             marks=_marks(entry["real"], *cells[organism]),
         )
@@ -212,6 +214,7 @@ def _refusal_models(config: pytest.Config) -> list[Any]:
     overrides = load_refusal_selection(MATRIX)
     used: dict[str, set[int]] = {}
     real: dict[str, bool] = {}
+    dtype: dict[str, str] = {}  # the dtype the cells load it in (its first pair's)
     cells: dict[str, list[Cell]] = {}
     for pair in load_matrix(MATRIX):
         if pair.task != "refusal":
@@ -219,11 +222,12 @@ def _refusal_models(config: pytest.Config) -> list[Any]:
         for organism in (pair.source, pair.target):
             used.setdefault(organism, set())
             real[organism] = real.get(organism, False) or pair.tier == "real"
+            dtype.setdefault(organism, pair.refusal_config().dtype)
             cells.setdefault(organism, []).append(pair_cell(pair, pair_mappers(pair), _depth))
         used[pair.target].add(pair.target_layer)
     return [
         pytest.param(
-            organism, sorted(layers), dict(overrides.get(organism, {})),
+            organism, sorted(layers), dict(overrides.get(organism, {})), dtype[organism],
             id=f"refusal-direction-{organism}",
             marks=_marks(real[organism], *cells[organism]),
         )
@@ -242,7 +246,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         )
     if "direction_protocol" in metafunc.fixturenames:
         metafunc.parametrize(
-            ("organism", "used_layers", "selection_settings"), _refusal_models(metafunc.config)
+            ("organism", "used_layers", "selection_settings", "dtype"),
+            _refusal_models(metafunc.config),
         )
     if "switch_spec" in metafunc.fixturenames:
         metafunc.parametrize(
@@ -256,7 +261,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize(
             (
                 "organism", "task", "positions", "alpha", "max_new_tokens", "target_layers",
-                "source_layers", "stride",
+                "source_layers", "stride", "dtype",
             ),
             _sweep_models(metafunc.config),
         )

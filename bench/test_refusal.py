@@ -57,10 +57,11 @@ def test_refusal_direction(
     organism: str,
     used_layers: list[int],
     selection_settings: dict[str, Any],
-    sides: Callable[[str], Side],
+    dtype: str,
+    sides: Callable[[str, str], Side],
     st_record: Any,
 ) -> None:
-    side = sides(organism)
+    side = sides(organism, dtype)
     hold_out = get_spec(organism).data_options.get("hold_out", "activity")
     splits = refusal.make_splits(0, hold_out=hold_out)
 
@@ -83,11 +84,11 @@ def test_refusal_direction(
             **settings,
         )
     except NoRefusalDirection as none:
-        st_record(direction_record(organism, none, resolved))
+        st_record(direction_record(organism, none, resolved, dtype))
         if expected_none is None:
             raise
         pytest.xfail(f"{expected_none} | {none}")
-    st_record(direction_record(organism, choice, resolved))
+    st_record(direction_record(organism, choice, resolved, dtype))
     if expected_none is not None:
         pytest.fail(
             f"{organism}: the matrix expects no refusal direction ({expected_none}) but "

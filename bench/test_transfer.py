@@ -56,10 +56,11 @@ def test_layer_sweep(
     target_layers: list[int],
     source_layers: list[int],
     stride: int,
-    sides: Callable[[str], Side],
+    dtype: str,
+    sides: Callable[[str, str], Side],
     st_record: Any,
 ) -> None:
-    side = sides(organism)
+    side = sides(organism, dtype)
     used = sorted(set(target_layers) | set(source_layers))
     n = side.handle.n_layers
     layers = sorted(set(range(0, n, stride)) | {side.handle.layer(layer) for layer in used})

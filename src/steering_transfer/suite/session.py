@@ -44,6 +44,7 @@ from .leaderboard import (
     results_json,
 )
 from .options import LOCK_TIMEOUT_ENV, settings
+from .paper import PAPER_FILE, REPORT_FILE, PaperFile, load_paper, render_paper_report
 from .records import Record, ResultRow, source_commit
 
 __all__ = [
@@ -187,6 +188,18 @@ class RecordSession:
         self.today = dt.date.today().isoformat()
         self.versions = package_versions()
         self.commit = source_commit(config.rootpath)  # once per run: two git calls, no torch
+        self.paper = self._load_paper()
+
+    def _load_paper(self) -> PaperFile | None:
+        """``<rootdir>/fixtures/paper.toml`` when it exists and reports will be written, checked
+        now: a typo there must stop the run before the benchmark, not after it."""
+        path = self.config.rootpath / PAPER_FILE
+        if not self.settings.write_reports or not path.is_file():
+            return None
+        try:
+            return load_paper(path)
+        except SteeringTransferError as exc:
+            raise pytest.UsageError(f"{exc} (or pass --no-reports)") from exc
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_testnodedown(self, node: Any, error: Any) -> None:
@@ -309,10 +322,27 @@ class RecordSession:
             path = self.settings.reports_dir / filename
             write_text(path, text)
             written.append(_relative(path))
+        written += self._write_paper_report(rows)
         if plots:
             count = len({path for paths in plots.values() for path in paths})
             written.append(f"{_relative(folder / PLOTS_DIR)}/ ({_plural(count, 'plot')})")
         return written
+
+    def _write_paper_report(self, rows: list[ResultRow]) -> list[str]:
+        """``paper_vs_ours.md`` from every row (see :mod:`.paper`); the path written, if any."""
+        if self.paper is None:
+            return []
+        try:
+            text = render_paper_report(
+                self.paper, rows, date=self.today, command=self._command(),
+                versions=self.versions,
+            )
+        except Exception as exc:  # results.json and the other reports are safe
+            self.problems.append(f"{REPORT_FILE} not written: rendering failed: {exc!r}")
+            return []
+        path = self.settings.reports_dir / REPORT_FILE
+        write_text(path, text)
+        return [_relative(path)]
 
     def _command(self) -> str:
         return "pytest " + shlex.join(str(a) for a in self.config.invocation_params.args)

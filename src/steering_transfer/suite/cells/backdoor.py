@@ -420,7 +420,11 @@ def details_record(pair: PairSpec, result: TransferResult) -> Record:
             "mapped_difference": rate_figure(result.mapped_difference),
             "mapped_direct": rate_figure(result.mapped_direct),
         },
-        config={**result.config.to_dict(), "source": result.source, "target": result.target},
+        config={
+            **result.config.to_dict(), "source": result.source, "target": result.target,
+            # wall time per phase; "extract" and "native" are the pair's shared preparation, once
+            "seconds": {k: round(v, 1) for k, v in sorted(result.seconds.items())},
+        },
     )
 
 
@@ -450,6 +454,7 @@ def layers_record(sweep: LayerSweep, n_layers: int, configured: list[int]) -> Re
             "positions": sweep.positions,
             "seed": sweep.seed,
             "n": sweep.unsteered.n,
+            "dtype": sweep.dtype,
         },
     )
 

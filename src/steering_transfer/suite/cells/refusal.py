@@ -169,7 +169,10 @@ def refusal_details(pair: PairSpec, result: RefusalResult) -> Record:
             "seed": result.config.seed,
         },
         figures={},
-        config={"pair": pair.pair_id, "mapper": result.config.mapper},
+        config={
+            "pair": pair.pair_id, "mapper": result.config.mapper,
+            "seconds": {k: round(v, 1) for k, v in sorted(result.seconds.items())},
+        },
     )
 
 
@@ -178,7 +181,8 @@ def _fmt(value: float, digits: int = 2) -> str:
 
 
 def direction_record(
-    organism: str, choice: DirectionChoice | NoRefusalDirection, used: list[int]
+    organism: str, choice: DirectionChoice | NoRefusalDirection, used: list[int],
+    dtype: str = "float32",
 ) -> Record:
     """One row per organism: the selection figures of every candidate layer (``selected`` is
     "none" when no candidate passes the filters)."""
@@ -198,6 +202,7 @@ def direction_record(
         "n val": "/".join(str(n) for n in choice.settings.get("n_val", [])),
     }
     config = choice.to_dict() if isinstance(choice, DirectionChoice) else choice.to_dict(organism)
+    config["dtype"] = dtype  # the model's dtype during the selection
     return Record(
         table="refusal:directions",
         cell_id=f"refusal-direction-{organism}",
