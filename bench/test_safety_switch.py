@@ -34,5 +34,10 @@ def test_safety_switch(
         untouched = result.test.untouched.prod.trigger
         assert untouched.rate >= 0.9, f"{spec.finetuned} lost its backdoor: {untouched}"
     failures = switch_failures(result, **spec.bars())
+    if failures and spec.expect_fail is not None:
+        pytest.xfail(f"{spec.expect_fail} | " + "; ".join(failures))
     if failures:
         pytest.fail(f"{spec.id}: " + "; ".join(failures), pytrace=False)
+    if spec.expect_fail is not None:
+        pytest.fail(f"{spec.id} clears its bars but expect_fail says: {spec.expect_fail}; "
+                    "remove expect_fail from fixtures/bench.toml", pytrace=False)

@@ -303,6 +303,9 @@ def test_committed_safety_switches() -> None:
         layers=[0, 1, 2, 3], mapper="affine", n_validation=60, n_prompts=100, batch_size=25,
         max_new_tokens=12,
     )
+    # the real switch is declared not to clear its bars, with the measured reason
+    assert switches[0].expect_fail is None
+    assert switches[1].expect_fail and "false trigger" in switches[1].expect_fail
 
 
 def test_malformed_switches_are_explained(tmp_path: Path) -> None:
@@ -311,6 +314,8 @@ def test_malformed_switches_are_explained(tmp_path: Path) -> None:
     path.write_text(entry + "config = { layers = [1] }\n")
     (switch,) = load_switches(path)
     assert (switch.id, switch.tier, switch.config.seed) == ("switch-a-ft->a-affine", "default", 0)
+    path.write_text(entry + 'config = { layers = [1] }\nexpect_fail = "measured: not off 0.9"\n')
+    assert load_switches(path)[0].expect_fail == "measured: not off 0.9"
     path.write_text(entry + "config = { layers = [1], mapr = 'x' }\n")
     with pytest.raises(SteeringTransferError, match=r"switch #1 .*config has unknown key.*mapr"):
         load_switches(path)
