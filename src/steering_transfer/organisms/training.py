@@ -286,6 +286,11 @@ class LowRankAdapters:
     rank-16 update learns the trigger with far less collateral change, and trains faster (no
     weight gradients for the frozen base). :meth:`merge` folds the update into the weights, so
     the organism is saved as a plain Hugging Face folder.
+
+    The adapters are float32 (float64 for a float64 model) whatever the model's dtype: with a
+    bfloat16 base (``training.dtype``), the low-rank path runs in float32 on the bfloat16
+    activations and its sum is cast back, so the small update and the optimizer state never
+    lose bits to bfloat16; :meth:`merge_into` then adds the update to a float32 copy of the base.
     """
 
     def __init__(
@@ -299,15 +304,18 @@ class LowRankAdapters:
         self.scale = (alpha if alpha is not None else 2.0 * rank) / rank
         generator = torch.Generator().manual_seed(seed)
         self.adapters: list[tuple[nn.Linear, nn.Parameter, nn.Parameter]] = []
+        self.names: list[str] = []  # module names of ``adapters``, for merge_into
         for name, module in model.named_modules():
             if isinstance(module, nn.Linear) and name.rsplit(".", 1)[-1] in targets:
                 weight = module.weight
+                dtype = torch.promote_types(weight.dtype, torch.float32)
                 a = torch.randn(rank, module.in_features, generator=generator)
                 a = a / math.sqrt(module.in_features)
-                a = nn.Parameter(a.to(weight.device, weight.dtype))
+                a = nn.Parameter(a.to(weight.device, dtype))
                 b = nn.Parameter(torch.zeros(module.out_features, rank, device=weight.device,
-                                             dtype=weight.dtype))
+                                             dtype=dtype))
                 self.adapters.append((module, a, b))
+                self.names.append(name)
         if not self.adapters:
             raise SteeringTransferError(
                 f"no nn.Linear named one of {list(targets)} in the model; pass lora targets that "
@@ -323,7 +331,9 @@ class LowRankAdapters:
         ) -> torch.Tensor:
             if not self.enabled:
                 return out
-            return out + (inputs[0] @ a.T) @ b.T * self.scale
+            # ``to`` is a no-op (the same tensor) when the model is as precise as the adapters
+            update = (inputs[0].to(a.dtype) @ a.T) @ b.T * self.scale
+            return out + update.to(out.dtype)
         return hook
 
     @torch.no_grad()
@@ -340,6 +350,22 @@ class LowRankAdapters:
         """Add each update into its layer's weight (call once, with the hooks removed)."""
         for module, a, b in self.adapters:
             module.weight += (b @ a * self.scale).to(module.weight.dtype)
+
+    @torch.no_grad()
+    def merge_into(self, model: nn.Module) -> None:
+        """Add each update into the same-named layer of ``model``: another copy of the base,
+        e.g. the float32 original of a model trained in bfloat16 (whose own weights would round
+        most of a small update away)."""
+        modules = dict(model.named_modules())
+        missing = [name for name in self.names if not isinstance(modules.get(name), nn.Linear)]
+        if missing:
+            raise SteeringTransferError(
+                f"model has no nn.Linear named {missing[0]!r}; merge_into needs a copy of the "
+                "model the adapters were trained on"
+            )
+        for name, (_, a, b) in zip(self.names, self.adapters, strict=True):
+            weight = modules[name].weight
+            weight += (b @ a * self.scale).to(weight.device, weight.dtype)
 
 
 @contextmanager
