@@ -317,17 +317,39 @@ class Scorer:
     gate: bool = True  # False: success needs no coherence (e.g. the induced keyphrase)
     batch_size: int = 16
 
+    # (context, completion) -> loss: conditions that leave a prompt's completion unchanged (weak
+    # noise, the unsteered rows) are scored once per prompt set, not once per condition
+    _memo: dict[tuple[str, str], float] = field(default_factory=dict, repr=False)
+
     def __call__(self, completions: Sequence[str]) -> Outcomes:
         pairs = zip(completions, self.items, strict=True)
         labels = [self.task.outcome(c, item) for c, item in pairs]
         success = [lab in self.success_labels for lab in labels]
         if self.gate:
-            losses = completion_losses(self.side, self.contexts, completions, self.batch_size)
-            coherent = [v <= self.bound for v in losses]
+            losses = self._losses(completions, success)
+            coherent = [v <= self.bound for v in losses]  # NaN (not scored) is not coherent
         else:
             losses = [math.nan] * len(labels)
             coherent = [True] * len(labels)
         return Outcomes(labels, success, coherent, losses, completions[0] if completions else "")
+
+    def _losses(self, completions: Sequence[str], success: Sequence[bool]) -> list[float]:
+        """Coherence losses of the successful rows only (a failure counts as a failure whatever
+        its loss, so it is not scored: NaN); each distinct (context, completion) once."""
+        todo: dict[tuple[str, str], None] = {}
+        for ok, context, completion in zip(success, self.contexts, completions, strict=True):
+            if ok and (context, completion) not in self._memo:
+                todo[(context, completion)] = None
+        if todo:
+            keys = list(todo)
+            values = completion_losses(
+                self.side, [k[0] for k in keys], [k[1] for k in keys], self.batch_size
+            )
+            self._memo.update(zip(keys, values, strict=True))
+        return [
+            self._memo[(context, completion)] if ok else math.nan
+            for ok, context, completion in zip(success, self.contexts, completions, strict=True)
+        ]
 
 
 # ------------------------------------------------------------------------------------ ensembles

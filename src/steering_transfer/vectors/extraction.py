@@ -50,6 +50,17 @@ def _collect(
     for batch in batches:
         enc = batch.encoding
         attention = enc["attention_mask"].to(handle.device)
+        hidden = batch.hidden[layer]
+        if positions == "last":
+            # the last non-pad token, found from the mask so any padding side works; read
+            # directly rather than as a masked mean over the whole (batch, seq, d) block in
+            # float64: one weight-1 term among zeros sums to that term exactly, so the rows are
+            # the same bits, without a float64 copy of every position
+            seq = attention.shape[1]
+            index = (attention * torch.arange(1, seq + 1, device=attention.device)).argmax(dim=1)
+            rows_at = torch.arange(len(batch.texts), device=hidden.device)
+            rows.append(hidden[rows_at, index.to(hidden.device)].to("cpu", torch.float32))
+            continue
         if positions == "trigger":
             assert trigger is not None
             mask = trigger_mask(
@@ -60,14 +71,9 @@ def _collect(
                 start=batch.start,
                 param=param,
             ).to(handle.device)
-        elif positions == "mean":
+        else:  # mean
             mask = attention.bool()
-        else:  # last non-pad token, found from the mask so any padding side would work
-            seq = attention.shape[1]
-            index = (attention * torch.arange(1, seq + 1, device=attention.device)).argmax(dim=1)
-            mask = torch.zeros_like(attention, dtype=torch.bool)
-            mask[torch.arange(len(batch.texts), device=attention.device), index] = True
-        hidden = batch.hidden[layer].double()
+        hidden = hidden.double()
         # The block may sit on another device than the embeddings (device_map sharding).
         weights = mask.to(hidden.device, hidden.dtype).unsqueeze(-1)
         reduced = (hidden * weights).sum(dim=1) / weights.sum(dim=1)
