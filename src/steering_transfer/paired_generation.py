@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from tqdm.auto import tqdm
@@ -27,6 +27,15 @@ from .validate import check_count, check_has_tokens, check_texts
 
 #: ``fn(block_output) -> new_output`` of the same shape (e.g. a mapper's ``map``).
 Transform = Callable[[torch.Tensor], torch.Tensor]
+
+
+class StepHook(Protocol):
+    """Runs before the model's forward at each step of :func:`greedy_batch`, with that step's
+    inputs (the chunk's ``input_ids``: the left-padded prompts at prefill, then each row's last
+    token; the full ``attention_mask``; the chunk's ``position_ids``), e.g. a donor model that
+    runs beside on the same tokens, or whatever prepares the step's replacement."""
+
+    def step(self, inputs: dict[str, torch.Tensor]) -> None: ...
 
 
 def _eos_ids(handle: ModelHandle) -> list[int]:
@@ -52,7 +61,7 @@ def _new_cache(handle: ModelHandle) -> Any:
     return DynamicCache(config=handle.model.config)
 
 
-class _Donor:
+class Donor:
     """The donor's side of the lockstep: its own KV cache and the block output of each step."""
 
     def __init__(self, handle: ModelHandle, layer: int) -> None:
@@ -118,7 +127,7 @@ def lockstep_token_ids(
             "untouched generation"
         )
     resolved = handle.layer(layer, param="layer") if layer is not None else None
-    helper: _Donor | None = None
+    helper: Donor | None = None
     if donor is not None:
         assert resolved is not None
         if donor.hidden_size != handle.hidden_size:
@@ -128,7 +137,7 @@ def lockstep_token_ids(
             )
         src_layer = donor.layer(resolved if donor_layer is None else donor_layer,
                                 param="donor_layer")
-        helper = _Donor(donor, src_layer)
+        helper = Donor(donor, src_layer)
 
     fn: Transform | None = transform if transform is not None else (
         helper.output if helper is not None else None
@@ -141,9 +150,6 @@ def lockstep_token_ids(
             return nullcontext()
         return hooks.replace(handle, resolved, fn)
 
-    tok = handle.tokenizer
-    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-    eos = _eos_ids(handle)
     out: list[list[int]] = []
     starts = range(0, len(prompts), batch_size)
     with torch.no_grad():
@@ -154,9 +160,9 @@ def lockstep_token_ids(
             if helper is not None:
                 _check_same_tokens(handle, helper.handle, batch, enc, add_special_tokens)
                 helper.reset()
-            out.extend(_generate_batch(
-                handle, enc, helper, replacing, max_new_tokens=max_new_tokens, pad=pad, eos=eos,
-                where=(start, len(batch), replaced),
+            out.extend(greedy_batch(
+                handle, enc, step_hook=helper, replacing=replacing,
+                max_new_tokens=max_new_tokens, where=(start, len(batch), replaced),
             ))
     return out
 
@@ -178,18 +184,24 @@ def _check_same_tokens(
         )
 
 
-def _generate_batch(
+def greedy_batch(
     handle: ModelHandle,
     enc: dict[str, torch.Tensor],
-    donor: _Donor | None,
-    replacing: Callable[[], AbstractContextManager[object]],
     *,
+    step_hook: StepHook | None = None,
+    replacing: Callable[[], AbstractContextManager[object]] = nullcontext,
     max_new_tokens: int,
-    pad: int,
-    eos: list[int],
     where: tuple[int, int, bool],
 ) -> list[list[int]]:
-    """One left-padded batch, step by step, as ``model.generate``'s greedy loop does it."""
+    """One left-padded batch (``enc`` from ``handle.tokenize(..., padding_side="left")``), step
+    by step, as ``model.generate``'s greedy loop does it: new-token ids per row, padded after
+    the row's end token. ``step_hook.step`` runs before each forward; ``replacing()`` is entered
+    around the model's own forward only. ``where`` is ``(start, size, replaced)`` for the
+    NaN/inf error. Shared by every KV-cached greedy decoder of the package (one decoder, so
+    conditions differ only by their replacement)."""
+    tok = handle.tokenizer
+    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    eos = _eos_ids(handle)
     ids, mask = enc["input_ids"], enc["attention_mask"]
     device = ids.device
     # positions from the mask, padding at 0 (transformers' _prepare_position_ids_for_generation)
@@ -201,8 +213,8 @@ def _generate_batch(
     generated: list[torch.Tensor] = []
     for _ in range(max_new_tokens):
         inputs = {"input_ids": current, "attention_mask": mask, "position_ids": step_positions}
-        if donor is not None:
-            donor.step(inputs)
+        if step_hook is not None:
+            step_hook.step(inputs)
         with replacing():
             output = handle.model(**inputs, cache=cache, use_cache=True)
         cache = _cache_of(output)

@@ -72,9 +72,13 @@ def judge_completions(
     (the backdoor cell passes the test items after its steering prompts).
     """
     source, target = setup.source, setup.target
+    # each model reads the (target-formatted) prompts with its own special-token flag: a
+    # chat template already holds its special tokens, a plain prompt gets BOS from its tokenizer
     common = {
         "max_new_tokens": max_new_tokens, "batch_size": setup.batch_size,
-        "alignment": setup.alignment, "add_special_tokens": target.add_special_tokens,
+        "alignment": setup.alignment,
+        "source_add_special_tokens": source.add_special_tokens,
+        "target_add_special_tokens": target.add_special_tokens,
         "show_progress": show_progress,
     }
     out: dict[str, CompletionComparison] = {}
