@@ -81,3 +81,33 @@ def test_packaged_smollm2_loads_offline() -> None:
     handle = load_model("smollm2-135m-instruct")
     assert handle.family == "llama" and handle.n_layers == 30 and handle.hidden_size == 576
     assert not hasattr(handle.model.config, "quantization_config")
+
+
+@pytest.mark.parametrize(
+    ("fast", "warns"), [(False, True), (True, False), (None, False)]
+)
+def test_bfloat16_on_a_cpu_that_emulates_it_warns(
+    saved_folder: Path, monkeypatch: pytest.MonkeyPatch, fast: bool | None, warns: bool
+) -> None:
+    """bfloat16 is several times slower than float32 where the CPU lacks AVX-512-BF16/AMX:
+    loading in it there warns (and names the fix); float32 never does."""
+    import warnings
+
+    from steering_transfer import models
+
+    monkeypatch.setattr(models, "cpu_has_fast_bfloat16", lambda: fast)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        load_model(saved_folder, dtype="bfloat16")
+        load_model(saved_folder, dtype="float32")
+    slow = [w for w in caught if "AVX-512-BF16" in str(w.message)]
+    assert len(slow) == (1 if warns else 0)
+    if warns:
+        assert issubclass(slow[0].category, RuntimeWarning)
+        assert "dtype='float32'" in str(slow[0].message)
+
+
+def test_cpu_bfloat16_flags_are_read_from_cpuinfo() -> None:
+    from steering_transfer.models import cpu_has_fast_bfloat16
+
+    assert cpu_has_fast_bfloat16() in (True, False, None)

@@ -6,7 +6,9 @@ folder, then a Hugging Face hub id (the real ``from_pretrained`` path, ``trust_r
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -196,6 +198,43 @@ def _ensure_pad_token(tokenizer: PreTrainedTokenizerBase) -> None:
         tokenizer.pad_token = tokenizer.eos_token
 
 
+@functools.cache
+def cpu_has_fast_bfloat16() -> bool | None:
+    """Whether this CPU multiplies bfloat16 natively (AVX-512-BF16 or AMX); ``None`` if unknown.
+
+    Why it matters: without those instructions torch emulates bfloat16 matmuls. Measured on a
+    2-core AVX2 EPYC: a 1024 x 1024 matmul 2.65 s in bfloat16 vs 0.047 s in float32 (1 thread),
+    a Qwen2.5-Coder-0.5B forward of 8 x 64 tokens 31.1 s vs 6.1 s (2 threads); on a CPU with
+    AMX, bfloat16 generation was 6.6x *faster* than float32. Read from ``/proc/cpuinfo`` (Linux).
+    """
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return None
+    flags: set[str] = set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            flags.update(line.partition(":")[2].split())
+    if not flags:
+        return None
+    return bool({"avx512_bf16", "amx_bf16"} & flags)
+
+
+def warn_if_slow_bfloat16(dtype: torch.dtype, device: str | torch.device | None = None) -> None:
+    """Warn when ``dtype`` is bfloat16 on a CPU that emulates it (several times slower than
+    float32 there, not faster): the fix is ``dtype="float32"`` or a CPU with AVX-512-BF16/AMX."""
+    on_cpu = device is None or torch.device(device).type == "cpu"
+    if dtype == torch.bfloat16 and on_cpu and cpu_has_fast_bfloat16() is False:
+        warnings.warn(
+            "dtype=bfloat16 on a CPU without AVX-512-BF16 or AMX: torch emulates bfloat16 "
+            "matmuls here, several times slower than float32 (measured 5x for a 0.5B forward); "
+            "pass dtype='float32' (figures then differ from bfloat16 runs) or use a CPU with "
+            "native bfloat16",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+
+
 def load_model(
     spec: str | Path,
     *,
@@ -221,6 +260,8 @@ def load_model(
                 f"dtype={dtype!r} is not a torch dtype; use e.g. 'float32' or 'bfloat16'"
             )
         dtype = resolved
+    if device_map is None:
+        warn_if_slow_bfloat16(dtype, device)
     spec_str = str(spec)
     if spec_str in PACKAGED_MODELS:
         folder: str = str(packaged_model_dir(spec_str))
