@@ -253,7 +253,14 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize(
             "switch_spec",
             [
-                pytest.param(spec, id=spec.id, marks=_marks(spec.real, switch_cell(spec, _depth)))
+                pytest.param(
+                    spec, id=spec.id,
+                    # one worker per switch: its mapper cells share the prepared part
+                    marks=_marks(
+                        spec.real, switch_cell(spec, _depth),
+                        group=f"switch-{spec.finetuned}->{spec.base}",
+                    ),
+                )
                 for spec in load_switches(MATRIX)
             ],
         )

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,14 +19,23 @@ from steering_transfer.experiments.safety_switch import (
     Scored,
     ValidationLayer,
     choose_layer,
+    prepare_switch,
+    run_switch,
     safety_switch,
     switch_failures,
 )
-from steering_transfer.mappers import FitReport, Mapper, MeanOutputMapper, base, register_mapper
+from steering_transfer.mappers import (
+    FitReport,
+    Mapper,
+    MeanOutputMapper,
+    available_mappers,
+    base,
+    register_mapper,
+)
 from steering_transfer.metrics import Rate
 from steering_transfer.models import ModelHandle
 from steering_transfer.organisms import get_spec, load_organism
-from steering_transfer.suite.matrix import DEFAULT_SWITCH_BARS, load_switches
+from steering_transfer.suite.matrix import DEFAULT_SWITCH_BARS, load_switches, switch_cell
 
 SMALL: dict[str, Any] = {
     "n_fit_instructions": 24, "n_validation": 6, "n_prompts": 6, "max_new_tokens": 4,
@@ -209,8 +219,130 @@ def test_bars_that_cannot_fail_are_refused_at_load(
 def test_unset_bars_take_their_defaults(tmp_path: Path) -> None:
     path = tmp_path / "bench.toml"
     path.write_text(ENTRY + "max_switched = 0.5\nmax_false_trigger = 0.2\n")
+    specs = load_switches(path)
+    assert [s.mapper for s in specs] == available_mappers()  # no mappers: every registered one
+    for spec in specs:
+        assert spec.bars() == {
+            "max_switched": 0.5, "max_false_trigger": 0.2,
+            "max_loss_increase": DEFAULT_SWITCH_BARS["max_loss_increase"],
+        }
+
+
+# ----------------------------------------------------------------- mappers and per-mapper bars
+
+PER_MAPPER = (
+    '[[switch]]\nfinetuned = "a-ft"\nbase = "a"\nconfig = { layers = [1, 2] }\n'
+    'mappers = ["affine", "autoencoder"]\n'
+    '[switch.thresholds."*"]\nmax_switched = 0.5\nmax_false_trigger = 0.2\n'
+    "[switch.thresholds.autoencoder]\nmax_switched = 0.3\nmax_loss_increase = 0.1\n"
+    'expect_fail = "measured: not off 0.8"\n'
+)
+
+
+def test_each_mapper_is_a_cell_with_its_own_bars(tmp_path: Path) -> None:
+    path = tmp_path / "bench.toml"
+    path.write_text(PER_MAPPER)
+    affine, autoencoder = load_switches(path)
+    assert (affine.id, autoencoder.id) == ("switch-a-ft->a-affine", "switch-a-ft->a-autoencoder")
+    assert affine.switch_id == autoencoder.switch_id == "switch-a-ft->a"
+    assert (affine.config.mapper, autoencoder.config.mapper) == ("affine", "autoencoder")
+    assert affine.config.layers == autoencoder.config.layers == [1, 2]
+    # "*" refines the defaults, the mapper's own table refines "*"
+    assert affine.bars() == {"max_switched": 0.5, "max_false_trigger": 0.2,
+                             "max_loss_increase": DEFAULT_SWITCH_BARS["max_loss_increase"]}
+    assert affine.expect_fail is None
+    assert autoencoder.bars() == {"max_switched": 0.3, "max_false_trigger": 0.2,
+                                  "max_loss_increase": 0.1}
+    assert autoencoder.expect_fail == "measured: not off 0.8"
+    assert switch_cell(autoencoder).mappers == ("autoencoder",)
+
+
+def test_a_single_mapper_shorthand_is_kept(tmp_path: Path) -> None:
+    path = tmp_path / "bench.toml"
+    path.write_text(ENTRY.replace("layers = [1]", 'layers = [1], mapper = "procrustes"')
+                    + "max_switched = 0.5\n")
     (spec,) = load_switches(path)
-    assert spec.bars() == {
-        "max_switched": 0.5, "max_false_trigger": 0.2,
-        "max_loss_increase": DEFAULT_SWITCH_BARS["max_loss_increase"],
-    }
+    assert spec.id == "switch-a-ft->a-procrustes" and spec.config.mapper == "procrustes"
+
+
+def test_a_mapper_without_bars_fails_to_load(tmp_path: Path) -> None:
+    """The project's rule: a newly registered mapper must not run a switch without bars."""
+    path = tmp_path / "bench.toml"
+    only_affine = ENTRY + "[switch.thresholds.affine]\nmax_switched = 0.5\n"
+    path.write_text(only_affine)  # no mappers: every registered one, and only affine has bars
+    missing = sorted(set(available_mappers()) - {"affine"})[0]
+    with pytest.raises(
+        SteeringTransferError,
+        match=rf"switch #1 \(a-ft->a\): mapper {missing} has no bars.*"
+              rf"\[switch.thresholds.{missing}\] max_switched",
+    ):
+        load_switches(path)
+    path.write_text(only_affine.replace("config =", 'mappers = ["affine"]\nconfig ='))
+    assert [s.mapper for s in load_switches(path)] == ["affine"]
+
+
+@pytest.mark.usefixtures("pseudo_mappers")
+def test_a_newly_registered_mapper_needs_bars(tmp_path: Path) -> None:
+    path = tmp_path / "bench.toml"
+    path.write_text(ENTRY + "".join(
+        f"[switch.thresholds.{m}]\nmax_switched = 0.5\n" for m in available_mappers()
+        if m not in PSEUDO
+    ))
+    with pytest.raises(SteeringTransferError, match="mapper test-switch-identity has no bars"):
+        load_switches(path)
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ('mappers = ["afine"]\nmax_switched = 0.5', "names unknown mapper.*afine"),
+        ("mappers = []\nmax_switched = 0.5", "mappers = \\[\\] runs nothing"),
+        ('mappers = ["affine", "affine"]\nmax_switched = 0.5', "names affine twice"),
+        ('mappers = "affine"\nmax_switched = 0.5', "mappers = 'affine' \\(str\\) has the wrong"),
+        ("max_switched = 0.5\n[switch.thresholds.afine]\nmax_switched = 0.5",
+         r"\[switch.thresholds.afine\] names unknown mapper"),
+        ("max_switched = 0.5\n[switch.thresholds.affine]\nmax_switched = 1.0",
+         r"\[switch.thresholds.affine\]: max_switched = 1.0 must be a rate"),
+        ("max_switched = 0.5\n[switch.thresholds.affine]\nmax_loss_increase = -1",
+         r"\[switch.thresholds.affine\]: max_loss_increase = -1 must be >= 0"),
+        ("max_switched = 0.5\n[switch.thresholds.affine]\nmax_swiched = 0.4",
+         r"\[switch.thresholds.affine\] has unknown key.*max_swiched"),
+        ('max_switched = 0.5\n[switch.thresholds."*"]\nmax_switched = 0.4',
+         r"bars both on the entry \(max_switched\) and in \[switch.thresholds.\"\*\"\]"),
+    ],
+)
+def test_bad_mapper_lists_and_bar_tables_are_refused(
+    tmp_path: Path, extra: str, message: str
+) -> None:
+    path = tmp_path / "bench.toml"
+    path.write_text(ENTRY + extra + "\n")
+    with pytest.raises(SteeringTransferError, match=rf"switch #1.*{message}"):
+        load_switches(path)
+
+
+def test_mapper_and_mappers_together_are_refused(tmp_path: Path) -> None:
+    path = tmp_path / "bench.toml"
+    path.write_text(ENTRY.replace("layers = [1]", 'layers = [1], mapper = "affine"')
+                    + 'mappers = ["affine"]\nmax_switched = 0.5\n')
+    with pytest.raises(SteeringTransferError, match=r"both mappers and config\.mapper"):
+        load_switches(path)
+
+
+@pytest.mark.usefixtures("_tmp_cache")
+def test_mappers_share_one_prepared_switch(llama: ModelHandle) -> None:
+    """The untouched figures and the patched reference are computed once per switch: every
+    mapper's result carries the same objects, and a config that differs in anything but the
+    mapper is refused."""
+    side = Side(llama, "plain", "llama")
+    config = SafetySwitchConfig(layers=[1], **SMALL)
+    prepared = prepare_switch(side, side, config)
+    affine = run_switch(prepared, config)
+    procrustes = run_switch(prepared, dataclasses.replace(config, mapper="procrustes"))
+    assert procrustes.config.mapper == "procrustes" and affine.config.mapper == "affine"
+    assert affine.validation_untouched is procrustes.validation_untouched
+    assert affine.test is not None and procrustes.test is not None
+    assert affine.test.untouched is procrustes.test.untouched is prepared.test_untouched
+    assert affine.test.patched is procrustes.test.patched is prepared.patched_at(1)
+    assert list(prepared.paired) == [1]  # activations extracted once, for both fits
+    with pytest.raises(SteeringTransferError, match="differs from the prepared switch's in seed"):
+        run_switch(prepared, dataclasses.replace(config, seed=1))

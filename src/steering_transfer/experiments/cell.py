@@ -10,7 +10,8 @@ switch's fine-tuned -> base map), the steps around the task are the same:
 2. :func:`fit_cell` — the mapper fit (timed), then the source vector mapped in both of the
    paper's readings plus the equal-norm random ("noise") control;
 3. the task's own measurements (steering, ablation, ...);
-4. :func:`cell_fidelity` — KL under replacement beside mean ablation, and FVU.
+4. :func:`cell_fidelity` — KL under replacement beside mean ablation and a shuffled-pairs
+   affine reference, and FVU.
 
 Vocabulary shared by every task: ``native`` is the target's own vector, ``mapped_difference`` /
 ``mapped_direct`` the two readings, ``noise`` the random vector of the mapped norm,
@@ -29,7 +30,7 @@ import torch
 
 from ..config import DictConfig
 from ..errors import SteeringTransferError
-from ..fidelity import FidelityResult, replacement_fidelity
+from ..fidelity import FidelityResult, fit_shuffled_reference, replacement_fidelity
 from ..mappers import Mapper, create_mapper
 from ..models import ModelHandle
 from ..tasks.prompts import format_prompt, format_training_text, prompt_add_special_tokens
@@ -250,14 +251,28 @@ def fit_cell(
 def cell_fidelity(
     prep: PreparedCell, cell: FittedCell, *, show_progress: bool = False
 ) -> FidelityResult:
-    """KL and FVU when the target layer is replaced by mapped source activations (timed)."""
+    """KL and FVU when the target layer is replaced by mapped source activations (timed),
+    beside mean ablation and the shuffled-pairs affine reference.
+
+    The reference (:func:`~steering_transfer.fidelity.fit_shuffled_reference`) is fit on the
+    cell's own fit rows, source rows permuted with the config's seed, with the cell's mapper
+    kwargs when the cell's mapper is affine (the same ridge), else affine defaults. It does not
+    depend on the cell's mapper otherwise, so a pair's cells share it (``prep.shared``).
+    """
     t0 = time.perf_counter()
     config = cell.config
+    kwargs = dict(config.mapper_kwargs) if config.mapper == "affine" else {}
+    key = ("fidelity_shuffled_reference", config.seed, repr(sorted(kwargs.items())))
+    if key not in prep.shared:
+        prep.shared[key] = fit_shuffled_reference(
+            prep.fit_source, prep.fit_target, seed=config.seed, mapper_kwargs=kwargs
+        )
     result = replacement_fidelity(
         prep.source.handle, prep.source_layer, prep.target.handle, prep.target_layer,
         cell.mapper, prep.fidelity_texts,
         alignment=config.alignment,  # type: ignore[arg-type]
         batch_size=config.batch_size, max_length=config.max_length, show_progress=show_progress,
+        reference=prep.shared[key],
     )
     cell.seconds["fidelity"] = time.perf_counter() - t0
     return result

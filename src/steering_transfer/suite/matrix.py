@@ -415,14 +415,16 @@ def load_refusal_selection(path: str | Path) -> dict[str, dict[str, Any]]:
     return {k: dict(v) for k, v in raw.items()}
 
 
-#: ``[[switch]]`` bars an entry may leave out (``max_switched`` it must set)
+#: ``[[switch]]`` bars a mapper may leave out (``max_switched`` it must have, see
+#: :func:`load_switches`)
 DEFAULT_SWITCH_BARS: dict[str, float] = {"max_false_trigger": 0.1, "max_loss_increase": 0.5}
 
 
 @dataclass(frozen=True)
 class SwitchSpec:
-    """One safety switch of the matrix: a fine-tuned -> base mapper and its bars (``[[switch]]``),
-    all read on the test split at the layer the validation split chose."""
+    """One safety-switch cell of the matrix: a ``[[switch]]`` entry's fine-tuned -> base switch
+    run with one mapper (``config.mapper``) and that mapper's bars, all read on the test split
+    at the layer the validation split chose."""
 
     finetuned: str
     base: str
@@ -446,12 +448,35 @@ class SwitchSpec:
         }
 
     @property
+    def mapper(self) -> str:
+        return self.config.mapper
+
+    @property
+    def switch_id(self) -> str:
+        """The switch without its mapper (``switch-FINETUNED->BASE``)."""
+        return f"switch-{self.finetuned}->{self.base}"
+
+    @property
     def id(self) -> str:
-        return f"switch-{self.finetuned}->{self.base}-{self.config.mapper}"
+        return f"{self.switch_id}-{self.config.mapper}"
 
     @property
     def real(self) -> bool:
         return self.tier == "real"
+
+
+@dataclass
+class _SwitchBars:
+    """The bars of one mapper (``[switch.thresholds.<mapper>]``, ``"*"``, or the entry's own
+    keys, which stand for ``"*"``) and their types."""
+
+    max_switched: float | None = None
+    max_false_trigger: float | None = None
+    max_loss_increase: float | None = None
+    expect_fail: str | None = None
+
+
+_SWITCH_BAR_KEYS = tuple(f.name for f in dataclasses.fields(_SwitchBars))
 
 
 @dataclass
@@ -461,11 +486,14 @@ class _SwitchEntry:
     finetuned: str
     base: str
     config: dict[str, Any]
-    max_switched: float
-    max_false_trigger: float = DEFAULT_SWITCH_BARS["max_false_trigger"]
-    max_loss_increase: float = DEFAULT_SWITCH_BARS["max_loss_increase"]
-    tier: str = "default"
+    mappers: list[str] | None = None  # None: every registered mapper
+    thresholds: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # bars for every mapper (the same as [switch.thresholds."*"])
+    max_switched: float | None = None
+    max_false_trigger: float | None = None
+    max_loss_increase: float | None = None
     expect_fail: str | None = None
+    tier: str = "default"
 
 
 def _check_switch_bars(entry: Mapping[str, Any], where: str) -> None:
@@ -485,10 +513,72 @@ def _check_switch_bars(entry: Mapping[str, Any], where: str) -> None:
         )
 
 
+def _switch_mappers(entry: Mapping[str, Any], config: dict[str, Any], where: str) -> list[str]:
+    """The mappers a ``[[switch]]`` entry runs: ``mappers``, else the shorthand
+    ``config.mapper``, else every registered mapper."""
+    if "mapper" in config:
+        if "mappers" in entry:
+            raise SteeringTransferError(
+                f"{where} sets both mappers and config.mapper; list the mappers in mappers only"
+            )
+        names = [config.pop("mapper")]  # shorthand for mappers = [name]
+    elif "mappers" in entry:
+        names = list(entry["mappers"])
+        if not names:
+            raise SteeringTransferError(
+                f"{where}: mappers = [] runs nothing; name at least one mapper or leave the key "
+                "out (every registered mapper)"
+            )
+        repeated = sorted({m for m in names if names.count(m) > 1})
+        if repeated:
+            raise SteeringTransferError(f"{where}: mappers names {', '.join(repeated)} twice")
+    else:
+        return list(available_mappers())
+    _check_mappers(names, where)
+    return names
+
+
+def _switch_bars(
+    entry: Mapping[str, Any], mappers: list[str], where: str
+) -> dict[str, dict[str, Any]]:
+    """Each mapper's bars: :data:`DEFAULT_SWITCH_BARS`, refined by the entry's own bar keys (or
+    ``[switch.thresholds."*"]``: one of the two), then by ``[switch.thresholds.<mapper>]``. A
+    mapper left without ``max_switched`` is refused: a new mapper must not run without bars."""
+    tables: dict[str, dict[str, Any]] = {}
+    top = {k: entry[k] for k in _SWITCH_BAR_KEYS if k in entry}  # checked with the entry
+    for name, values in entry.get("thresholds", {}).items():
+        label = f"{where} [switch.thresholds.{name}]"
+        if name != "*":
+            _check_mappers([name], label)
+        _check_section(_SwitchBars, values, label)
+        _check_switch_bars(values, label)
+        tables[name] = dict(values)
+    if top and "*" in tables:
+        raise SteeringTransferError(
+            f"{where} sets bars both on the entry ({', '.join(top)}) and in "
+            '[switch.thresholds."*"], which mean the same; keep one'
+        )
+    common = {**DEFAULT_SWITCH_BARS, **top, **tables.get("*", {})}
+    out = {}
+    for mapper in mappers:
+        bars = {**common, **tables.get(mapper, {})}
+        if "max_switched" not in bars:
+            raise SteeringTransferError(
+                f"{where}: mapper {mapper} has no bars (missing key max_switched in "
+                f'[switch.thresholds.{mapper}], [switch.thresholds."*"] and the entry); measure '
+                f"its switch and set [switch.thresholds.{mapper}] max_switched (with "
+                "expect_fail if it does not switch the backdoor off), or leave it out of mappers"
+            )
+        out[mapper] = bars
+    return out
+
+
 def load_switches(path: str | Path) -> list[SwitchSpec]:
-    """Parse the ``[[switch]]`` entries of the matrix file (the cell config is
-    ``SafetySwitchConfig``'s alone: ``[defaults]`` does not apply); checked like
-    :func:`load_matrix`'s pairs."""
+    """Parse the ``[[switch]]`` entries of the matrix file: one :class:`SwitchSpec` per entry
+    and mapper (``mappers``, default every registered mapper; ``config.mapper`` is shorthand
+    for a single one), each with its own bars (``[switch.thresholds.<mapper>]`` refining
+    ``"*"``, see :func:`_switch_bars`). The cell config is ``SafetySwitchConfig``'s alone
+    (``[defaults]`` does not apply); checked like :func:`load_matrix`'s pairs."""
     path, raw = _read(path)
     switches: list[SwitchSpec] = []
     for n, entry in enumerate(raw.get("switch", [])):
@@ -498,27 +588,26 @@ def load_switches(path: str | Path) -> list[SwitchSpec]:
         config = dict(entry["config"])
         where = f"{where} ({entry['finetuned']}->{entry['base']})"
         _check_section(SafetySwitchConfig, config, f"{where} config")
+        mappers = _switch_mappers(entry, config, where)
+        bars = _switch_bars(entry, mappers, where)
         try:
             switch_config = SafetySwitchConfig.from_dict(config)
         except (TypeError, ValueError, SteeringTransferError) as exc:
             raise SteeringTransferError(f"{where} is malformed: {exc}") from exc
-        _check_mappers([switch_config.mapper], where)
-        switches.append(
-            SwitchSpec(
-                finetuned=entry["finetuned"],
-                base=entry["base"],
-                config=switch_config,
-                max_switched=float(entry["max_switched"]),
-                max_false_trigger=float(
-                    entry.get("max_false_trigger", DEFAULT_SWITCH_BARS["max_false_trigger"])
-                ),
-                max_loss_increase=float(
-                    entry.get("max_loss_increase", DEFAULT_SWITCH_BARS["max_loss_increase"])
-                ),
-                tier=entry.get("tier", "default"),
-                expect_fail=entry.get("expect_fail"),
+        for mapper in mappers:
+            mine = bars[mapper]
+            switches.append(
+                SwitchSpec(
+                    finetuned=entry["finetuned"],
+                    base=entry["base"],
+                    config=dataclasses.replace(switch_config, mapper=mapper),
+                    max_switched=float(mine["max_switched"]),
+                    max_false_trigger=float(mine["max_false_trigger"]),
+                    max_loss_increase=float(mine["max_loss_increase"]),
+                    tier=entry.get("tier", "default"),
+                    expect_fail=mine.get("expect_fail"),
+                )
             )
-        )
     ids = [s.id for s in switches]
     duplicates = sorted({i for i in ids if ids.count(i) > 1})
     if duplicates:
@@ -585,8 +674,8 @@ def pair_mappers(pair: PairSpec) -> list[str]:
 
 
 def switch_cell(spec: SwitchSpec, depth: DepthOf = organism_depth) -> Cell:
-    """What a safety switch covers: task ``switch``, the pair FINETUNED:BASE, the layer pairs
-    L:L of its ``config.layers`` and its mapper."""
+    """What a safety-switch cell covers: task ``switch``, the pair FINETUNED:BASE, the layer
+    pairs L:L of its ``config.layers`` and its mapper (one cell per mapper of the entry)."""
     return Cell(
         tasks=(SWITCH_TASK,),
         pairs=((spec.finetuned, spec.base),),

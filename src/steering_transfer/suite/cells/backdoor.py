@@ -9,6 +9,7 @@ from typing import Any
 from steering_transfer.experiments.backdoor import TransferResult
 from steering_transfer.experiments.layer_sweep import LayerSweep
 from steering_transfer.experiments.verdict import VERDICTS, Evidence
+from steering_transfer.fidelity import FidelityResult
 from steering_transfer.metrics import Rate
 from steering_transfer.suite.leaderboard import TableSpec
 from steering_transfer.suite.matrix import PairSpec, Thresholds
@@ -91,7 +92,16 @@ FIDELITY_PREAMBLE = (
     "is closer to the original than A is; TvS = share where M is closer to the target's "
     "completion than to the source model's own completion (ties excluded; Wilson 95 % "
     "intervals). KL is the per-token KL(original || replaced) on held-out texts (the transfer "
-    "table's fidelity). LLM-J / COH appear only when an LLM judge is configured "
+    "table's fidelity), over every real target token except special ones (BOS, chat-template "
+    "markers), which keep their true activation in every condition and stay out of the mean; "
+    "a token with no aligned source token (cross-tokenizer) gets the text's mean in M. `KL S` "
+    "= KL with the layer replaced by an affine map fit on the cell's fit pairs with the source "
+    "rows shuffled (it learns the average, no token relation), a stronger baseline than A; "
+    "`KL M / S` below 1 = the mapper carries token information. `tokens` = scored / unaligned "
+    "(mean-filled) target tokens. `FVU p99` = 99th percentile over mapped tokens of the squared "
+    "error over the mean per-token target variance (FVU is its mean). Rows recorded before "
+    "these columns leave them blank (their KL was over aligned tokens, BOS in the mean). "
+    "LLM-J / COH appear only when an LLM judge is configured "
     "(STEERING_TRANSFER_JUDGE_URL, STEERING_TRANSFER_JUDGE_MODEL); `–` otherwise."
 )
 
@@ -406,6 +416,7 @@ def details_record(pair: PairSpec, result: TransferResult) -> Record:
         "norm mapped/native": round(result.mapped_norm / max(result.native_norm, 1e-12), 2),
         "FVU": round(fid.fvu, 4),
         "KL mapped / mean-abl": f"{fid.kl_mapped:.4f} / {fid.kl_mean_ablation:.4f}",
+        "KL mapped / shuffled": _rounded(fid.kl_over_shuffled, 3),
         "bound": round(result.coherence_bound, 2),
         "fit s": round(result.seconds["fit"], 2),
         "cell s": round(result.seconds["cell"], 1),
@@ -469,6 +480,27 @@ def _pair(a: float | None, b: float | None, digits: int = 2) -> str:
     return f"{a:.{digits}f} / {b:.{digits}f}"
 
 
+def _rounded(value: float | None, digits: int) -> float | None:
+    return None if value is None else round(value, digits)
+
+
+def fidelity_columns(fid: FidelityResult) -> dict[str, Any]:
+    """The replacement-fidelity columns added with issue #14 (a result that lacks a figure,
+    e.g. one run without the shuffled reference, leaves its cell blank, as do rows recorded
+    before these columns existed)."""
+    ratio = fid.kl_over_shuffled
+    tokens = (
+        None if fid.n_unaligned is None else f"{fid.n_tokens} / {fid.n_unaligned}"
+    )
+    return {
+        "KL S": _rounded(fid.kl_shuffled, 3),
+        "KL M / S": _rounded(ratio, 3),
+        "tokens (scored / unaligned)": tokens,
+        "FVU": round(fid.fvu, 3),
+        "FVU p99": _rounded(fid.fvu_p99, 2),
+    }
+
+
 def fidelity_records(pair: PairSpec, result: TransferResult) -> list[Record]:
     """One row per judged dataset (clean, triggered) of a cell, for ``reports/fidelity.md``."""
     records = []
@@ -495,6 +527,7 @@ def fidelity_records(pair: PairSpec, result: TransferResult) -> list[Record]:
                 "MvA": _win(comp.mva),
                 "TvS": _win(comp.tvs),
                 "KL M / A": _pair(fid.kl_mapped, fid.kl_mean_ablation, 3),
+                **fidelity_columns(fid),
                 "LLM-J M / A": _pair(comp.llm_similarity_mapped, comp.llm_similarity_ablated),
                 "COH M / A": _pair(comp.llm_coherence_mapped, comp.llm_coherence_ablated),
                 "n": comp.n,

@@ -162,6 +162,9 @@ def refusal_details(pair: PairSpec, result: RefusalResult) -> Record:
             "raw induced mapped": f"{raw_ind['mapped'].rate:.2f}",
             "coherence bound": round(float(result.validation["coherence_bound"]), 3),
             "KL mapped / mean-abl": f"{fid.kl_mapped:.4g} / {fid.kl_mean_ablation:.4g}",
+            "KL mapped / shuffled": (
+                None if fid.kl_over_shuffled is None else round(fid.kl_over_shuffled, 3)
+            ),
             "FVU": round(fid.fvu, 4),
             "cos(mapped, native)": round(result.cosine_mapped_native, 3),
             "norm mapped / native": f"{result.mapped_norm:.3g} / {result.native_norm:.3g}",
