@@ -81,7 +81,12 @@ class PerfReport:
             "timed in the same rounds.",
             "",
         ]
-        return "\n".join(header) + tabulate(rows, headers="keys", tablefmt="github") + "\n"
+        first = ["stage", "reference_s", "candidate_s", "ratio", "guard", "seed", "rounds",
+                 "model", "recorded", "cpu"]
+        keys = [k for k in first if any(k in row for row in rows)]
+        keys += [*sorted({k for row in rows for k in row} - set(keys) - {"detail"}), "detail"]
+        table = [[row.get(k) for k in keys] for row in rows]
+        return "\n".join(header) + tabulate(table, headers=keys, tablefmt="github") + "\n"
 
 
 @pytest.fixture(scope="session")
