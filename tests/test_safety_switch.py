@@ -314,10 +314,7 @@ def test_a_newly_registered_mapper_needs_bars(tmp_path: Path) -> None:
 def test_bad_mapper_lists_and_bar_tables_are_refused(
     tmp_path: Path, extra: str, message: str
 ) -> None:
-    path = tmp_path / "bench.toml"
-    path.write_text(ENTRY + extra + "\n")
-    with pytest.raises(SteeringTransferError, match=rf"switch #1.*{message}"):
-        load_switches(path)
+    test_bars_that_cannot_fail_are_refused_at_load(tmp_path, extra, message)
 
 
 def test_mapper_and_mappers_together_are_refused(tmp_path: Path) -> None:
