@@ -772,7 +772,7 @@ def _judged(
     """The judged completions (reports/fidelity.md) on held-out test prompts, if asked for."""
     if config.n_judge <= 0:
         return {}, {}
-    from ..judges import LLMJudge
+    from ..judges import judge_from_env
 
     t3 = time.perf_counter()
     start = config.n_steer  # held out from the steering prompts (and from the mapper's fit)
@@ -786,7 +786,7 @@ def _judged(
     )
     judged, samples = judge_completions(
         setup, cell.mapper, instructions, max_new_tokens=config.judge_max_new_tokens,
-        llm=LLMJudge.from_env(), show_progress=show_progress,
+        llm=judge_from_env(), show_progress=show_progress,
     )
     seconds["judge"] = time.perf_counter() - t3
     return judged, samples

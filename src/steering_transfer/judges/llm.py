@@ -48,8 +48,10 @@ __all__ = [
     "MAX_RESPONSE_BYTES",
     "SIMILARITY_RUBRIC",
     "LLMJudge",
+    "coherence_user_text",
     "parse_score",
     "redact_url",
+    "similarity_user_text",
 ]
 
 URL_ENV = "STEERING_TRANSFER_JUDGE_URL"
@@ -98,6 +100,16 @@ _RETRY_STATUS = frozenset({408, 409, 425, 429})
 _USERINFO = re.compile(r"[^/?#\s]*@")
 # printable ASCII without spaces: what a URL or a bearer token may hold in a request line/header
 _VISIBLE_ASCII = re.compile(r"[\x21-\x7e]+")
+
+
+def similarity_user_text(completion: str, reference: str) -> str:
+    """The user turn that goes with :data:`SIMILARITY_RUBRIC` (shared by every LLM judge)."""
+    return f"REFERENCE:\n<<<\n{reference}\n>>>\n\nCANDIDATE:\n<<<\n{completion}\n>>>"
+
+
+def coherence_user_text(completion: str) -> str:
+    """The user turn that goes with :data:`COHERENCE_RUBRIC` (shared by every LLM judge)."""
+    return f"TEXT:\n<<<\n{completion}\n>>>"
 
 
 def parse_score(reply: str) -> int:
@@ -413,12 +425,11 @@ class LLMJudge:
 
     def similarity(self, completion: str, reference: str) -> int:
         """0-5: how close ``completion`` is in meaning to ``reference`` (5 = same meaning)."""
-        user = f"REFERENCE:\n<<<\n{reference}\n>>>\n\nCANDIDATE:\n<<<\n{completion}\n>>>"
-        return parse_score(self.ask(SIMILARITY_RUBRIC, user))
+        return parse_score(self.ask(SIMILARITY_RUBRIC, similarity_user_text(completion, reference)))
 
     def coherence(self, completion: str) -> int:
         """0-5: how coherent ``completion`` is as language (5 = perfectly coherent)."""
-        return parse_score(self.ask(COHERENCE_RUBRIC, f"TEXT:\n<<<\n{completion}\n>>>"))
+        return parse_score(self.ask(COHERENCE_RUBRIC, coherence_user_text(completion)))
 
     def similarities(self, completions: Sequence[str], references: Sequence[str]) -> list[int]:
         """:meth:`similarity` for each pair, one request each."""
