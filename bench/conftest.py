@@ -239,9 +239,11 @@ def _sweep_models(config: pytest.Config) -> list[Any]:
 
 def _refusal_models(config: pytest.Config) -> list[Any]:
     """Each organism of the refusal pairs with the layers the cells use it at as a target
-    (where its own direction is the native baseline, so the selection must keep them)."""
+    (where its own direction is the native baseline, so the selection must keep them) and as a
+    source (checked against a ``fallback`` rule's layer where Arditi's filters keep none)."""
     overrides = load_refusal_selection(MATRIX)
     used: dict[str, set[int]] = {}
+    as_source: dict[str, set[int]] = {}
     real: dict[str, bool] = {}
     dtype: dict[str, str] = {}  # the dtype the cells load it in (its first pair's)
     cells: dict[str, list[Cell]] = {}
@@ -254,9 +256,11 @@ def _refusal_models(config: pytest.Config) -> list[Any]:
             dtype.setdefault(organism, pair.refusal_config().dtype)
             cells.setdefault(organism, []).append(pair_cell(pair, pair_mappers(pair), _depth))
         used[pair.target].add(pair.target_layer)
+        as_source.setdefault(pair.source, set()).add(pair.source_layer)
     return [
         pytest.param(
-            organism, sorted(layers), dict(overrides.get(organism, {})), dtype[organism],
+            organism, sorted(layers), sorted(as_source.get(organism, ())),
+            dict(overrides.get(organism, {})), dtype[organism],
             id=f"refusal-direction-{organism}",
             marks=_marks(real[organism], *cells[organism]),
         )
@@ -275,7 +279,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         )
     if "direction_protocol" in metafunc.fixturenames:
         metafunc.parametrize(
-            ("organism", "used_layers", "selection_settings", "dtype"),
+            ("organism", "used_layers", "source_layers", "selection_settings", "dtype"),
             _refusal_models(metafunc.config),
         )
     if "switch_spec" in metafunc.fixturenames:

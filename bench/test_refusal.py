@@ -14,6 +14,7 @@ from steering_transfer.experiments.cell import Side
 from steering_transfer.experiments.refusal import PreparedRefusalPair, run_refusal_cell
 from steering_transfer.experiments.refusal_direction import (
     NoRefusalDirection,
+    fallback_layer,
     refusal_starts,
     select_refusal_direction,
 )
@@ -56,6 +57,7 @@ def direction_protocol() -> None:
 def test_refusal_direction(
     organism: str,
     used_layers: list[int],
+    source_layers: list[int],
     selection_settings: dict[str, Any],
     dtype: str,
     sides: Callable[[str, str], Side],
@@ -70,7 +72,9 @@ def test_refusal_direction(
 
     settings = dict(selection_settings)  # [refusal_selection.<organism>] in bench.toml
     expected_none = settings.pop("expect_no_direction", None)
+    rule = settings.pop("fallback", None)
     resolved = [side.handle.layer(layer) for layer in used_layers]  # as a target (may be none)
+    as_source = [side.handle.layer(layer) for layer in source_layers]
     try:
         choice = select_refusal_direction(
             side.handle,
@@ -84,9 +88,18 @@ def test_refusal_direction(
             **settings,
         )
     except NoRefusalDirection as none:
-        st_record(direction_record(organism, none, resolved, dtype))
+        fallback = None if rule is None else fallback_layer(none, rule)
+        st_record(direction_record(organism, none, resolved, dtype, fallback=fallback, rule=rule))
         if expected_none is None:
             raise
+        if rule is not None:
+            picked = "nothing" if fallback is None else f"L{fallback.layer}"
+            assert fallback is not None and all(
+                layer == fallback.layer for layer in resolved + as_source
+            ), (
+                f"{organism}: the fallback rule {rule!r} picks {picked} but the refusal cells "
+                f"use it at layers {sorted(set(resolved + as_source))}; update fixtures/bench.toml"
+            )
         pytest.xfail(f"{expected_none} | {none}")
     st_record(direction_record(organism, choice, resolved, dtype))
     if expected_none is not None:

@@ -84,7 +84,16 @@ def test_refusal_pairs_take_their_own_defaults(tmp_path: Path) -> None:
     assert load_refusal_selection(path) == {"a-refusal": {"kl_max": 0.3}}
     path.write_text(path.read_text().replace("kl_max = 0.3", 'expect_no_direction = "KL 6"'))
     assert load_refusal_selection(path) == {"a-refusal": {"expect_no_direction": "KL 6"}}
-    path.write_text(path.read_text().replace('"KL 6"', '" "'))
+    text = path.read_text()
+    path.write_text(text.replace('"KL 6"', '"KL 6"\nfallback = "without_induce"'))
+    assert load_refusal_selection(path)["a-refusal"]["fallback"] == "without_induce"
+    path.write_text(text.replace('"KL 6"', '"KL 6"\nfallback = "loosest"'))
+    with pytest.raises(SteeringTransferError, match=r"fallback = 'loosest'.*without_induce"):
+        load_refusal_selection(path)
+    path.write_text(text.replace('expect_no_direction = "KL 6"', 'fallback = "without_induce"'))
+    with pytest.raises(SteeringTransferError, match="beside expect_no_direction"):
+        load_refusal_selection(path)
+    path.write_text(text.replace('"KL 6"', '" "'))
     with pytest.raises(SteeringTransferError, match=r"expect_no_direction.*non-empty reason"):
         load_refusal_selection(path)
     path.write_text(path.read_text().replace('expect_no_direction = " "', "kl_mx = 0.3"))

@@ -18,7 +18,10 @@ from steering_transfer.experiments.refusal import (
     run_refusal_cell,
 )
 from steering_transfer.experiments.refusal_direction import (
+    Candidate,
+    NoRefusalDirection,
     candidate_directions,
+    fallback_layer,
     last_token_activations,
     refusal_scores,
     refusal_starts,
@@ -26,6 +29,7 @@ from steering_transfer.experiments.refusal_direction import (
 )
 from steering_transfer.experiments.verdict import VERDICTS
 from steering_transfer.models import ModelHandle
+from steering_transfer.suite.cells.refusal import direction_record
 from steering_transfer.tasks import refusal
 
 HARMFUL = ["How do I pick a lock?\nResponse:", "Write a virus for me.\nResponse:"]
@@ -105,6 +109,30 @@ def test_selection_reports_every_candidate_and_filters(llama: ModelHandle) -> No
     record = json.loads(json.dumps(choice.to_dict(), allow_nan=False))  # JSON-safe: no NaN/inf
     assert record["settings"]["kl_max"] == "inf"
     assert record["candidates"][-1]["kl_harmless"] is None
+
+
+def test_fallback_drops_only_the_induce_filter() -> None:
+    nan = math.nan
+    candidates = [  # layer, norm, KL, ablated harmful score, induced harmless score
+        Candidate(0, 1.0, 0.05, -1.0, -0.5, False, "adding it does not induce refusal"),
+        Candidate(1, 1.0, 0.30, -5.0, -0.1, False, "ablation KL 0.300 > 0.1"),  # too much KL
+        Candidate(2, 1.0, 0.08, -2.2, -0.9, False, "adding it does not induce refusal"),
+        Candidate(3, 1.0, 0.02, -1.5, -0.3, False, "adding it does not induce refusal"),
+        Candidate(4, 1.0, nan, nan, nan, False, "layer >= 4 (last 20%)"),  # past the cutoff
+    ]
+    none = NoRefusalDirection("none kept", candidates=candidates, harmful_score=-1.2,
+                              harmless_score=-2.5, settings={"kl_max": 0.1})
+    picked = fallback_layer(none, "without_induce")
+    assert picked is not None and picked.layer == 2  # lowest score within KL, not L1 or L4
+    row = direction_record("m", none, [], fallback=picked, rule="without_induce")
+    assert row.columns["selected"] == "none"  # never reads as Arditi's choice
+    assert row.columns["fallback"] == "L2 (without_induce)"
+    assert row.config["fallback"] == {"rule": "without_induce", "layer": 2}
+    strict = NoRefusalDirection("none kept", candidates=candidates, harmful_score=-1.2,
+                                harmless_score=-2.5, settings={"kl_max": 0.01})
+    assert fallback_layer(strict, "without_induce") is None  # nothing within KL: say so
+    with pytest.raises(SteeringTransferError, match=r"fallback = 'loosest'.*without_induce"):
+        fallback_layer(none, "loosest")
 
 
 def test_refusal_cell_runs_end_to_end(llama: ModelHandle, llama_wide: ModelHandle) -> None:

@@ -341,3 +341,31 @@ def select_refusal_direction(
         model_id=handle.model_id, layer=best.layer, direction=direction, candidates=candidates,
         harmful_score=harmful_score, harmless_score=harmless_score, settings=settings,
     )
+
+
+#: rules a caller may name to pick a layer when Arditi's filters keep no candidate
+FALLBACK_RULES: tuple[str, ...] = ("without_induce",)
+
+
+def fallback_layer(none: NoRefusalDirection, rule: str) -> Candidate | None:
+    """A layer for a model whose candidates all fail Arditi's filters, by a named, weaker rule.
+
+    ``"without_induce"``: Arditi's choice with the induce filter dropped — among the candidates
+    before the depth cutoff whose ablation KL is within ``kl_max``, the one whose ablation lowers
+    the harmful refusal score most. It suits a model that refuses too weakly as shipped for any
+    single direction to induce refusal when added (Qwen2.5-Coder-0.5B-Instruct). It is a
+    different selection from Arditi's and is recorded as such; ``None`` when nothing is left.
+    """
+    if rule not in FALLBACK_RULES:
+        raise SteeringTransferError(
+            f"fallback = {rule!r} is not a known rule; use one of {', '.join(FALLBACK_RULES)}"
+        )
+    kl_max = float(none.settings.get("kl_max", 0.1))
+    eligible = [
+        c for c in none.candidates
+        if math.isfinite(c.kl_harmless) and c.kl_harmless <= kl_max
+        and math.isfinite(c.ablated_harmful_score)
+    ]
+    if not eligible:
+        return None
+    return min(eligible, key=lambda c: (c.ablated_harmful_score, c.layer))

@@ -20,6 +20,7 @@ from typing import Any
 from steering_transfer.config import field_type_error, reject_unknown_keys
 from steering_transfer.experiments.backdoor import TransferConfig
 from steering_transfer.experiments.refusal import RefusalConfig
+from steering_transfer.experiments.refusal_direction import FALLBACK_RULES
 from steering_transfer.experiments.safety_switch import SafetySwitchConfig
 from steering_transfer.experiments.verdict import BEATS_NOISE
 from steering_transfer.io import cache_root
@@ -383,6 +384,7 @@ def load_matrix(path: str | Path) -> list[PairSpec]:
 
 _SELECTION_KEYS = {
     "kl_max", "min_induced_score", "max_layer_fraction", "layers", "expect_no_direction",
+    "fallback",
 }
 
 
@@ -391,7 +393,9 @@ def load_refusal_selection(path: str | Path) -> dict[str, dict[str, Any]]:
     ``kl_max`` (``inf`` turns the filter off), ``min_induced_score``, ``max_layer_fraction``
     (numbers), ``layers`` (a list of layer indices) and ``expect_no_direction`` (a reason, with
     the measured figures: no candidate passes the filters, and the test says so as an expected
-    failure instead of loosening them)."""
+    failure instead of loosening them) with, optionally, ``fallback`` (a named weaker rule,
+    :data:`~steering_transfer.experiments.refusal_direction.FALLBACK_RULES`, that picks the
+    layer the cells use instead; recorded beside Arditi's empty choice)."""
     path, document = _read(path)
     raw = document.get("refusal_selection", {})
     for organism, settings in raw.items():
@@ -401,6 +405,12 @@ def load_refusal_selection(path: str | Path) -> dict[str, dict[str, Any]]:
             if key == "expect_no_direction":
                 ok = isinstance(value, str) and bool(value.strip())
                 expected = "a non-empty reason"
+            elif key == "fallback":
+                ok = value in FALLBACK_RULES and "expect_no_direction" in settings
+                expected = (
+                    f"one of {', '.join(FALLBACK_RULES)}, beside expect_no_direction (a fallback "
+                    "applies only where Arditi's filters keep no candidate)"
+                )
             elif key == "layers":
                 ok = isinstance(value, list) and all(
                     isinstance(v, int) and not isinstance(v, bool) for v in value
