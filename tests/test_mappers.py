@@ -22,13 +22,14 @@ from steering_transfer.errors import SteeringTransferError
 from steering_transfer.mappers import (
     AffineMapper,
     AutoencoderConfig,
+    AutoencoderMapper,
     Mapper,
     available_mappers,
     create_mapper,
     load_mapper,
 )
 from steering_transfer.mappers.affine import compute_moments
-from steering_transfer.mappers.base import CONFIG_FILE, WEIGHTS_FILE
+from steering_transfer.mappers.base import CONFIG_FILE, WEIGHTS_FILE, FitSplit
 from steering_transfer.metrics import fvu, mse
 
 #: Cheap hyperparameters per architecture for the generic (parametrized) tests.
@@ -83,7 +84,8 @@ def test_affine_closed_form_recovers_linear_map() -> None:
     x, y, weight, bias = make_linear_data(3000, 24, 32)
     mapper = create_mapper("affine", 24, 32)
     report = mapper.fit(x, y, show_progress=False)
-    assert report.n_train == 3000
+    assert (report.n_train, report.n_val) == (2700, 300)  # every mapper holds out a tenth
+    assert report.val_fvu is not None and report.val_fvu < 1e-4
     assert float(fvu(mapper.map(x), y)) < 1e-4  # measured ~1e-14
     assert torch.allclose(mapper.linear.weight, weight, atol=1e-4)
     assert torch.allclose(mapper.linear.bias, bias, atol=1e-4)
@@ -103,7 +105,7 @@ def test_affine_ridge_shrinks_weights_but_not_the_bias() -> None:
     x, y, _, _ = make_linear_data(500, 6, 4)
     plain = create_mapper("affine", 6, 4)
     plain.fit(x, y, show_progress=False)
-    strong = create_mapper("affine", 6, 4, ridge=1e8)
+    strong = create_mapper("affine", 6, 4, ridge=1e8, val_fraction=0.0)  # every row in the mean
     strong.fit(x, y, show_progress=False)
     assert strong.linear.weight.abs().max() < 1e-6
     # With W ~ 0 an unpenalised bias is the target mean.
@@ -713,3 +715,65 @@ def test_entry_point_of_an_installed_distribution(
         r"\(group 'steering_transfer\.mappers'\) failed to load: ModuleNotFoundError",
     ):
         available_mappers()
+
+
+# ------------------------------------------------------------------------------------ fairness
+
+
+FAIR_MAPPERS: list[tuple[str, dict[str, Any]]] = [
+    ("affine", {}), ("affine", {"solver": "sgd", "lr": 1e-2, "max_epochs": 3}),
+    ("lowrank", {"rank": 4}), ("procrustes", {}),
+    ("autoencoder", {"lr": 1e-2, "max_epochs": 3}),
+]
+
+
+def test_every_mapper_fits_the_same_rows_and_is_scored_on_the_same_held_out_ones() -> None:
+    x, y, _, _ = make_linear_data(400, 8, 6)
+    split = FitSplit.draw(400, 0.1, seed=5)
+    held = split.val_rows.sort().values
+    for name, kwargs in FAIR_MAPPERS:
+        mapper = create_mapper(name, 8, 6, seed=5, **kwargs)
+        report = mapper.fit(x, y, show_progress=False)
+        assert (report.n_train, report.n_val) == (360, 40), name
+        expected = float(fvu(mapper.map(x[held]).double(), y[held].double()))
+        assert report.val_fvu == pytest.approx(expected, rel=1e-9), name
+    # a closed-form fit never sees the held-out rows: it equals a fit on the training rows alone
+    rows = split.train_rows.sort().values
+    alone = create_mapper("affine", 8, 6, seed=5, val_fraction=0.0)
+    alone.fit(x[rows], y[rows], show_progress=False)
+    fair = create_mapper("affine", 8, 6, seed=5)
+    fair.fit(x, y, show_progress=False)
+    assert isinstance(fair, AffineMapper) and isinstance(alone, AffineMapper)
+    assert torch.equal(fair.linear.weight, alone.linear.weight)
+    assert torch.equal(fair.linear.bias, alone.linear.bias)
+    nothing = create_mapper("affine", 8, 6, val_fraction=0.0).fit(x, y, show_progress=False)
+    assert (nothing.n_train, nothing.n_val, nothing.val_fvu) == (400, 0, None)
+
+
+def test_the_closed_form_affine_map_does_not_depend_on_the_trainers_standardisation() -> None:
+    # The autoencoder trains on per-dimension standardised inputs and centred, scaled targets;
+    # least squares gives the same map either way, so the two see the same problem.
+    x, y, _, _ = make_linear_data(600, 8, 6)
+    shift, scale = torch.linspace(-50, 50, 8), torch.logspace(-2, 2, 8)
+    raw = create_mapper("affine", 8, 6)
+    raw.fit(x, y, show_progress=False)
+    standardised = create_mapper("affine", 8, 6)
+    standardised.fit((x - shift) / scale, (y - 3.0) / 7.0, show_progress=False)
+    assert torch.allclose(
+        standardised.map((x - shift) / scale) * 7.0 + 3.0, raw.map(x), atol=1e-3, rtol=1e-4
+    )
+
+
+@pytest.mark.parametrize(("dims", "hidden", "expected"), [
+    ((64, 64), None, False),  # the paper's width h = 64 for 64 -> 64
+    ((896, 1536), None, False),  # Qwen2.5-0.5B -> 1.5B: h = 1173 < 2 * 896
+    ((64, 64), 128, True),
+    ((16, 256), None, True),  # h = 64 >= 2 * 16
+])
+def test_autoencoder_says_when_its_width_cannot_carry_an_affine_map(
+    dims: tuple[int, int], hidden: int | None, expected: bool,
+) -> None:
+    kwargs = {} if hidden is None else {"hidden_dim": hidden}
+    mapper = create_mapper("autoencoder", *dims, **kwargs)
+    assert isinstance(mapper, AutoencoderMapper)
+    assert mapper.represents_affine is expected

@@ -1,9 +1,12 @@
 """Pairing token positions of one text under two tokenizers.
 
 * ``index`` (the paper's rule): position i of the source pairs with position i of the target.
-  With a shared tokenizer both sequences are identical, so this is exact; across tokenizers the
-  paper truncates to the shorter sequence, which pairs unrelated tokens once segmentations drift
-  (the reason Gemma -> Llama failed in the paper).
+  With a shared tokenizer both sequences are identical, so this is exact. Across tokenizers it
+  pairs unrelated tokens once segmentations drift (the reason Gemma -> Llama failed in the
+  paper). Where the lengths differ we keep the positions both sequences have (truncate to the
+  shorter); the paper instead pads the shorter one and widens its mask to the longer, so its
+  loss also pairs real tokens with pad-token activations. We do not: a pad activation does not
+  describe the text, and fitting a map onto (or from) it adds nothing a mapper should learn.
 * ``offsets`` (ours): a source token pairs with a target token when both *end at the same
   character* of the text. Each such pair has read exactly the same text prefix, so the
   residual streams describe the same context. Tokens with empty spans (BOS, EOS, other special

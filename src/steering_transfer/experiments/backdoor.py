@@ -53,6 +53,7 @@ from .cell import (
     check_side_dtypes,
     fit_cell,
     fit_mapper,
+    fit_summary,
     training_texts,
 )
 from .cell import fit_texts as _fit_texts
@@ -517,6 +518,7 @@ class TransferResult:
     # condition -> share of each scorer outcome (facts: backdoor / correct / hallucination / ...)
     outcomes: dict[str, dict[str, float]] = field(default_factory=dict)
     coherence_bound: float = float("inf")
+    fit: dict[str, Any] = field(default_factory=dict)  # fit_summary of the cell's mapper
 
     @property
     def mapped(self) -> Rate:
@@ -565,6 +567,7 @@ class TransferResult:
             "sweep": self.sweep,
             "induce": self.induce,
             "seconds": self.seconds,
+            "fit": self.fit,
             "judged": {k: v.to_dict() for k, v in self.judged.items()},
             "judge_samples": self.judge_samples,
             "outcomes": self.outcomes,
@@ -696,6 +699,7 @@ def run_cell(
         mapped_norm=geometry.mapped_norm,
         cosine_mapped_native=geometry.cosine_mapped_native,
         seconds=seconds,
+        fit=fit_summary(cell.mapper),
         raw={name: out.raw for name, out in conditions.items()},
         sweep=sweep,
         induce=induce,

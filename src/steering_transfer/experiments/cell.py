@@ -216,6 +216,23 @@ def fit_mapper(
     return fitted
 
 
+def fit_summary(mapper: Mapper) -> dict[str, Any]:
+    """What a cell's row says about its mapper's fit: the training and held-out token rows
+    (the same split for every architecture), the held-out FVU, epochs and wall time."""
+    report = mapper.fit_report
+    if report is None:
+        return {}
+    summary: dict[str, Any] = {
+        "n_train": report.n_train, "n_val": report.n_val, "val_fvu": report.val_fvu,
+        "epochs": report.epochs, "stopped_early": report.stopped_early,
+        "seconds": round(report.seconds, 2),
+    }
+    capacity = getattr(mapper, "represents_affine", None)  # a width bottleneck, if it has one
+    if isinstance(capacity, bool):
+        summary["represents_affine"] = capacity
+    return summary
+
+
 def fit_cell(
     prep: PreparedCell,
     mapper: str,
@@ -252,7 +269,7 @@ def cell_fidelity(
     prep: PreparedCell, cell: FittedCell, *, show_progress: bool = False
 ) -> FidelityResult:
     """KL and FVU when the target layer is replaced by mapped source activations (timed),
-    beside mean ablation and the shuffled-pairs affine reference.
+    beside mean ablation, the shuffled-pairs affine reference and the token-mean reference.
 
     The reference (:func:`~steering_transfer.fidelity.fit_shuffled_reference`) is fit on the
     cell's own fit rows, source rows permuted with the config's seed, with the cell's mapper
@@ -272,7 +289,7 @@ def cell_fidelity(
         cell.mapper, prep.fidelity_texts,
         alignment=config.alignment,  # type: ignore[arg-type]
         batch_size=config.batch_size, max_length=config.max_length, show_progress=show_progress,
-        reference=prep.shared[key],
+        reference=prep.shared[key], token_reference=True,
     )
     cell.seconds["fidelity"] = time.perf_counter() - t0
     return result

@@ -56,6 +56,7 @@ from .cell import (
     cell_seconds,
     check_side_dtypes,
     fit_cell,
+    fit_summary,
     fit_texts,
     training_texts,
 )
@@ -138,6 +139,7 @@ class RefusalResult:
     cosine_mapped_native: float
     seconds: dict[str, float]
     samples: dict[str, str] = field(default_factory=dict)
+    fit: dict[str, Any] = field(default_factory=dict)  # fit_summary of the cell's mapper
 
     @property
     def verdict(self) -> str:
@@ -173,6 +175,7 @@ class RefusalResult:
             "mapped_norm": self.mapped_norm,
             "cosine_mapped_native": self.cosine_mapped_native,
             "seconds": self.seconds,
+            "fit": self.fit,
             "samples": self.samples,
         }
 
@@ -512,4 +515,5 @@ def run_refusal_cell(
         perplexity=perplexity, fidelity=fidelity,
         native_norm=geometry.native_norm, mapped_norm=geometry.mapped_norm,
         cosine_mapped_native=geometry.cosine_mapped_native, seconds=seconds, samples=samples,
+        fit=fit_summary(cell.mapper),
     )

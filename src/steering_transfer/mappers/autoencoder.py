@@ -15,6 +15,17 @@ scalar RMS (which rescales the MSE by a constant, so the minimiser is the paper'
 AdamW weight decay then acts on standardised-space weights. Set ``standardize=False`` to train
 on raw activations exactly as the paper does.
 
+Width and the affine map: the paper's width ``h = isqrt(d_s * d_t)`` is at least
+``min(d_s, d_t)``, so it never caps the rank. The ReLU does: a unit passes a direction through
+linearly only where its pre-activation keeps one sign, so the network represents an affine map
+of rank ``r`` exactly on every input only when ``h >= 2 r`` (``x = relu(x) - relu(-x)``). With
+``r <= h < 2 r`` it can do so only on data where enough units stay active (shifted by their
+biases), which training from a random start need not find. A 64 -> 64 autoencoder with h = 64,
+or Qwen2.5-0.5B -> 1.5B with h = 1173 < 2 * 896, therefore cannot represent the full-rank affine
+map on all inputs: part of any gap to the affine mapper is this bottleneck, not a property of
+nonlinear maps. :attr:`AutoencoderMapper.represents_affine` says which case a config is in;
+cells record it with the fit.
+
 :class:`.gradient.GradientConfig` and :func:`.gradient.train_mse` (the trainer, shared with the
 affine mapper's ``sgd`` solver) live in :mod:`.gradient`.
 """
@@ -28,7 +39,7 @@ from typing import cast
 import torch
 from torch import nn
 
-from .base import FitReport, Mapper, register_mapper
+from .base import FitReport, FitSplit, Mapper, register_mapper
 from .gradient import GradientConfig, check_number, init_linear_, train_mse
 
 
@@ -68,6 +79,13 @@ class AutoencoderMapper(Mapper):
         """The input layer ``encoder[0]`` (typed: ``Sequential`` indexing gives a Module)."""
         return cast(nn.Linear, self.encoder[0])
 
+    @property
+    def represents_affine(self) -> bool:
+        """Whether the width can carry a full-rank affine map on every input (``h >= 2 min(d)``;
+        see the module doc)."""
+        hidden = int(self.config.hidden_dim or 1)
+        return hidden >= 2 * min(self.config.source_dim, self.config.target_dim)
+
     def reset_parameters(self) -> None:
         generator = torch.Generator().manual_seed(self.config.seed)
         init_linear_(self.input_layer, generator)
@@ -77,9 +95,16 @@ class AutoencoderMapper(Mapper):
         return self.decoder(self.encoder(x))
 
     def _fit(self, source: torch.Tensor, target: torch.Tensor, show_progress: bool) -> FitReport:
+        return self._fit_split(
+            source, target, FitSplit.draw(source.shape[0], 0.0, self.config.seed), show_progress
+        )
+
+    def _fit_split(
+        self, source: torch.Tensor, target: torch.Tensor, split: FitSplit, show_progress: bool
+    ) -> FitReport:
         # Fit from the seed's initialisation every time, so a fit is a function of config + data.
         self.reset_parameters()
         return train_mse(
-            self, self.input_layer, self.decoder, source, target, self.config,
+            self, self.input_layer, self.decoder, source, target, self.config, split=split,
             show_progress=show_progress, desc="autoencoder",
         )

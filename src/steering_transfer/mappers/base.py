@@ -47,17 +47,57 @@ ENTRY_POINT_GROUP = "steering_transfer.mappers"
 
 @dataclass
 class MapperConfig(DictConfig):
-    """Hyperparameters shared by all mappers; subclasses add their own fields."""
+    """Hyperparameters shared by all mappers; subclasses add their own fields.
+
+    ``val_fraction`` of the paired rows (a split seeded by ``seed``, the same for every
+    architecture) is held out of every fit: closed-form mappers never see it, trained ones stop
+    early on it, and every fit reports its FVU on it (``FitReport.val_fvu``), so mappers are
+    compared on the same training tokens and scored on the same held-out ones.
+    """
 
     source_dim: int
     target_dim: int
     seed: int = 0
+    val_fraction: float = 0.1
 
     def __post_init__(self) -> None:
         for name in ("source_dim", "target_dim"):
             value = getattr(self, name)
             if not isinstance(value, int) or value <= 0:
                 raise SteeringTransferError(f"{name} must be a positive int, got {value!r}")
+        value = self.val_fraction
+        if isinstance(value, bool) or not isinstance(value, int | float) or not (
+            0.0 <= value < 1.0
+        ):
+            raise SteeringTransferError(
+                f"val_fraction must be a number in [0.0, 1.0), got {value!r} (0 holds nothing "
+                "out: no early stopping and no held-out FVU)"
+            )
+
+
+def validation_size(n: int, val_fraction: float) -> int:
+    """Validation rows: ``floor(n * val_fraction)``, at least 1 if requested and n >= 2."""
+    if val_fraction <= 0 or n < 2:
+        return 0
+    return min(max(int(n * val_fraction), 1), n - 1)
+
+
+@dataclass
+class FitSplit:
+    """The rows a fit trains on and the rows it holds out, and the seeded generator that drew
+    them (a trainer continues it for its epoch shuffles, so a fit is one seeded stream)."""
+
+    train_rows: torch.Tensor
+    val_rows: torch.Tensor
+    generator: torch.Generator
+
+    @classmethod
+    def draw(cls, n: int, val_fraction: float, seed: int) -> FitSplit:
+        """A random permutation of the ``n`` rows from ``seed``; its first rows are held out."""
+        generator = torch.Generator().manual_seed((seed + 1) % 2**63)
+        perm = torch.randperm(n, generator=generator)
+        n_val = validation_size(n, val_fraction)
+        return cls(perm[n_val:], perm[:n_val], generator)
 
 
 @dataclass
@@ -75,6 +115,9 @@ class FitReport:
     val_loss: list[float] = field(default_factory=list)
     epochs: int = 0
     stopped_early: bool = False
+    #: FVU of the returned weights on the held-out rows (None: nothing held out), set by
+    #: :meth:`Mapper.fit` the same way for every architecture
+    val_fvu: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -112,12 +155,28 @@ class Mapper(nn.Module, ABC):
 
     @abstractmethod
     def _fit(self, source: torch.Tensor, target: torch.Tensor, show_progress: bool) -> FitReport:
-        """Fit on validated float tensors ``(n, d_source)`` and ``(n, d_target)``."""
+        """Fit on validated float tensors ``(n, d_source)`` and ``(n, d_target)`` (the training
+        rows of the split; the held-out rows never reach it)."""
+
+    def _fit_split(
+        self, source: torch.Tensor, target: torch.Tensor, split: FitSplit, show_progress: bool
+    ) -> FitReport:
+        """Fit given every row and the split. The default trains :meth:`_fit` on the training
+        rows (in their original order); a trainer that stops early on the held-out rows
+        overrides this instead."""
+        rows = split.train_rows.sort().values
+        if rows.numel() == source.shape[0]:
+            return self._fit(source, target, show_progress)
+        return self._fit(source[rows], target[rows], show_progress)
 
     def fit(
         self, source: torch.Tensor, target: torch.Tensor, *, show_progress: bool = True
     ) -> FitReport:
-        """Fit on paired token activations (rows of ``source`` and ``target`` correspond)."""
+        """Fit on paired token activations (rows of ``source`` and ``target`` correspond).
+
+        ``config.val_fraction`` of the rows (seeded by ``config.seed``) are held out of the
+        fit and scored afterwards (``val_fvu``); ``n_train`` / ``n_val`` count the rows.
+        """
         check_matrix(source, param="source", dim=self.source_dim)
         check_matrix(target, param="target", dim=self.target_dim)
         if source.shape[0] != target.shape[0]:
@@ -127,9 +186,25 @@ class Mapper(nn.Module, ABC):
             )
         check_finite(source, param="source")
         check_finite(target, param="target")
-        report = self._fit(source.float(), target.float(), show_progress)
+        source, target = source.float(), target.float()
+        split = FitSplit.draw(source.shape[0], self.config.val_fraction, self.config.seed)
+        report = self._fit_split(source, target, split, show_progress)
+        report.n_train, report.n_val = split.train_rows.numel(), split.val_rows.numel()
+        report.val_fvu = self._held_out_fvu(source, target, split.val_rows)
         self.fit_report = report
         return report
+
+    def _held_out_fvu(
+        self, source: torch.Tensor, target: torch.Tensor, rows: torch.Tensor
+    ) -> float | None:
+        """FVU (per-dimension mean, float64) of the fitted map on the held-out rows."""
+        if rows.numel() < 2:
+            return None
+        rows = rows.sort().values
+        y = target[rows].double()
+        pred = self.map(source[rows]).double()
+        denom = float((y - y.mean(0)).square().sum())
+        return float((pred - y).square().sum()) / denom if denom > 0 else None
 
     def map(self, x: torch.Tensor) -> torch.Tensor:
         """Map activations with input validation and no autograd."""

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from steering_transfer.errors import SteeringTransferError
 
-from .base import FitReport, MapperConfig
+from .base import FitReport, FitSplit, MapperConfig
 
 #: Rows per forward pass when computing the validation loss and the standardisation stats.
 _EVAL_ROWS = 8192
@@ -60,7 +60,6 @@ class GradientConfig(MapperConfig):
     weight_decay: float = 0.01
     batch_size: int = 512
     max_epochs: int = 50
-    val_fraction: float = 0.1
     patience: int = 3
     standardize: bool = True
 
@@ -70,7 +69,6 @@ class GradientConfig(MapperConfig):
         check_number("weight_decay", self.weight_decay, low=0.0, low_inclusive=True)
         check_number("batch_size", self.batch_size, low=1, low_inclusive=True, integer=True)
         check_number("max_epochs", self.max_epochs, low=1, low_inclusive=True, integer=True)
-        check_number("val_fraction", self.val_fraction, low=0.0, high=1.0, low_inclusive=True)
         check_number("patience", self.patience, low=1, low_inclusive=True, integer=True)
         if not isinstance(self.standardize, bool):
             raise SteeringTransferError(f"standardize must be a bool, got {self.standardize!r}")
@@ -89,13 +87,6 @@ def init_linear_(linear: nn.Linear, generator: torch.Generator) -> None:
         if linear.bias is not None:
             bias = torch.empty(linear.bias.shape).uniform_(-bound, bound, generator=generator)
             linear.bias.copy_(bias)
-
-
-def validation_size(n: int, val_fraction: float) -> int:
-    """Validation rows: ``floor(n * val_fraction)``, at least 1 if requested and n >= 2."""
-    if val_fraction <= 0 or n < 2:
-        return 0
-    return min(max(int(n * val_fraction), 1), n - 1)
 
 
 @dataclass
@@ -164,25 +155,25 @@ def train_mse(
     target: torch.Tensor,
     config: GradientConfig,
     *,
+    split: FitSplit | None = None,
     show_progress: bool,
     desc: str,
 ) -> FitReport:
-    """AdamW on the MSE with a seeded validation split, early stopping and best-weight restore.
+    """AdamW on the MSE with early stopping on the split's held-out rows and best-weight restore.
 
     ``module`` maps (standardised) source rows to (standardised) target rows; ``first`` and
     ``last`` are its input and output linear layers, into which the standardisation is folded
-    afterwards. All randomness comes from a generator seeded by ``config.seed``. Losses in the
+    afterwards. ``split`` is the fit's (:meth:`Mapper.fit` draws it; default: drawn here from
+    ``config``); its generator continues into the epoch shuffles. Losses in the
     report are the paper's MSE in raw activation units. A fit that diverges (a NaN/inf loss,
     or returned weights whose loss exceeds :data:`DIVERGENCE_FACTOR` times both the loss
     before training and the target variance) raises, naming ``lr``.
     """
     start = time.perf_counter()
-    n = source.shape[0]
-    generator = torch.Generator().manual_seed((config.seed + 1) % 2**63)
-    perm = torch.randperm(n, generator=generator)
-    n_val = validation_size(n, config.val_fraction)
-    val_rows, train_rows = perm[:n_val], perm[n_val:]
-    n_train = train_rows.numel()
+    if split is None:
+        split = FitSplit.draw(source.shape[0], config.val_fraction, config.seed)
+    generator, val_rows, train_rows = split.generator, split.val_rows, split.train_rows
+    n_val, n_train = val_rows.numel(), train_rows.numel()
 
     param = next(module.parameters())
     device, dtype = param.device, param.dtype

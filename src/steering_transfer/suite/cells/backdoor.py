@@ -98,7 +98,11 @@ FIDELITY_PREAMBLE = (
     "= KL with the layer replaced by an affine map fit on the cell's fit pairs with the source "
     "rows shuffled (it learns the fit set's average, no token relation): a second null "
     "reference, so far *weaker* than A (which keeps each text's own mean); `KL M / S` below "
-    "1 = the mapper beats a map that learned nothing token-specific. `tokens` = scored / unaligned "
+    "1 = the mapper beats a map that learned nothing token-specific. `KL T` = KL with every "
+    "scored token replaced by the target's mean activation for that token id over the other "
+    "held-out texts (leave one text out; the text's mean where no other text has the id): the "
+    "stronger reference, which knows the token and none of its context; `KL M / T` below 1 = "
+    "the mapper carries context from the source. `tokens` = scored / unaligned "
     "(mean-filled) target tokens. `FVU p99` = 99th percentile over mapped tokens of the squared "
     "error over the mean per-token target variance (FVU is its mean). Rows recorded before "
     "these columns leave them blank (their KL was over aligned tokens, BOS in the mean). "
@@ -418,8 +422,9 @@ def details_record(pair: PairSpec, result: TransferResult) -> Record:
         "FVU": round(fid.fvu, 4),
         "KL mapped / mean-abl": f"{fid.kl_mapped:.4f} / {fid.kl_mean_ablation:.4f}",
         "KL mapped / shuffled": _rounded(fid.kl_over_shuffled, 3),
+        "KL mapped / token-mean": _rounded(fid.kl_over_token_mean, 3),
         "bound": round(result.coherence_bound, 2),
-        "fit s": round(result.seconds["fit"], 2),
+        **fit_columns(result.fit, result.seconds["fit"]),
         "cell s": round(result.seconds["cell"], 1),
         "seed": result.config.seed,
     })
@@ -481,6 +486,21 @@ def _pair(a: float | None, b: float | None, digits: int = 2) -> str:
     return f"{a:.{digits}f} / {b:.{digits}f}"
 
 
+def fit_columns(fit: dict[str, Any], seconds: float) -> dict[str, str | float | None]:
+    """The mapper-fit columns of a details row: token rows fit / held out (the same split for
+    every mapper of a pair), FVU on the held-out rows, epochs where trained, and wall time."""
+    if not fit:
+        return {"fit s": round(seconds, 2)}
+    epochs = int(fit.get("epochs") or 0)
+    held = fit.get("val_fvu")
+    return {
+        "fit tokens (held out)": f"{fit['n_train']} ({fit['n_val']})",
+        "held-out FVU": None if held is None else round(float(held), 4),
+        "epochs": f"{epochs}{' (stopped)' if fit.get('stopped_early') else ''}" if epochs else "—",
+        "fit s": round(seconds, 2),
+    }
+
+
 def _rounded(value: float | None, digits: int) -> float | None:
     return None if value is None else round(value, digits)
 
@@ -496,6 +516,8 @@ def fidelity_columns(fid: FidelityResult) -> dict[str, Any]:
     return {
         "KL S": _rounded(fid.kl_shuffled, 3),
         "KL M / S": _rounded(ratio, 3),
+        "KL T": _rounded(fid.kl_token_mean, 3),
+        "KL M / T": _rounded(fid.kl_over_token_mean, 3),
         "tokens (scored / unaligned)": tokens,
         "FVU": round(fid.fvu, 3),
         "FVU p99": _rounded(fid.fvu_p99, 2),

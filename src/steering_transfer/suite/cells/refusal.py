@@ -14,6 +14,7 @@ from steering_transfer.metrics import Rate
 from steering_transfer.suite.cells.backdoor import (
     Verdict,
     cell_config,
+    fit_columns,
     judge_figures,
     ratio_figure,
 )
@@ -171,9 +172,13 @@ def refusal_details(pair: PairSpec, result: RefusalResult) -> Record:
             "KL mapped / shuffled": (
                 None if fid.kl_over_shuffled is None else round(fid.kl_over_shuffled, 3)
             ),
+            "KL mapped / token-mean": (
+                None if fid.kl_over_token_mean is None else round(fid.kl_over_token_mean, 3)
+            ),
             "FVU": round(fid.fvu, 4),
             "cos(mapped, native)": round(result.cosine_mapped_native, 3),
             "norm mapped / native": f"{result.mapped_norm:.3g} / {result.native_norm:.3g}",
+            **fit_columns(result.fit, result.seconds.get("fit", float("nan"))),
             "cell s": round(result.seconds["cell"], 1),
             "seed": result.config.seed,
         },
