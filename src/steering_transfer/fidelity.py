@@ -343,15 +343,16 @@ class TokenMeans:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """For one text's scored ``ids`` (n,) and activations (n, d): each position's mean over
         the *other* texts, and a mask of the positions whose id no other text has."""
-        slot = torch.searchsorted(self.ids, ids)
-        own_sums = torch.zeros_like(self.sums).index_add_(0, slot, acts.double())
-        own_counts = torch.zeros_like(self.counts).index_add_(
-            0, slot, torch.ones_like(slot, dtype=self.counts.dtype)
+        own_ids, where = torch.unique(ids, sorted=True, return_inverse=True)
+        slot = torch.searchsorted(self.ids, own_ids)  # the text's ids only, not the whole table
+        own_sums = torch.zeros(own_ids.numel(), self.sums.shape[1], dtype=self.sums.dtype)
+        own_sums.index_add_(0, where, acts.double())
+        own_counts = torch.zeros(own_ids.numel(), dtype=self.counts.dtype).index_add_(
+            0, where, torch.ones_like(where, dtype=self.counts.dtype)
         )
-        rest = (self.counts - own_counts)[slot]
-        missing = rest == 0
-        means = (self.sums - own_sums)[slot] / rest.clamp(min=1).unsqueeze(-1)
-        return means, missing
+        rest = self.counts[slot] - own_counts
+        means = (self.sums[slot] - own_sums) / rest.clamp(min=1).unsqueeze(-1)
+        return means[where], (rest == 0)[where]
 
 
 def token_mean_table(
