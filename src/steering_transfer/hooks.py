@@ -232,11 +232,33 @@ def project_out(hidden: torch.Tensor, unit: torch.Tensor) -> torch.Tensor:
     return hidden - (hidden * u).sum(-1, keepdim=True) * u
 
 
-def _ablate_hook(unit: torch.Tensor) -> HookFn:
+def _ablate_hook(
+    unit: torch.Tensor,
+    centre: torch.Tensor | None = None,
+    special: dict[str, torch.Tensor | None] | None = None,
+) -> HookFn:
+    """``x - (x . r) r``; with ``centre`` (``mu . r``, scalar or per row) ``x - ((x - mu) . r) r``;
+    with ``special`` (the current chunk's special-token mask) those positions stay as they are."""
+
+    def edit(hidden: torch.Tensor) -> torch.Tensor:
+        new = project_out(hidden, unit)
+        if centre is not None:
+            c = centre.to(device=hidden.device, dtype=hidden.dtype)
+            u = unit.to(device=hidden.device, dtype=hidden.dtype)
+            if u.ndim == 2:  # one direction (and one centre) per batch row
+                shape = (u.shape[0],) + (1,) * (hidden.ndim - 2) + (u.shape[1],)
+                new = new + c.reshape((*shape[:-1], 1)) * u.reshape(shape)
+            else:
+                new = new + c * u
+        mask = special.get("mask") if special is not None else None
+        if mask is not None and mask.shape == hidden.shape[:2]:
+            new = torch.where(mask.to(hidden.device).unsqueeze(-1), hidden, new)
+        return new
+
     def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> Any:
         if isinstance(output, tuple):
-            return (project_out(output[0], unit), *output[1:])
-        return project_out(output, unit)
+            return (edit(output[0]), *output[1:])
+        return edit(output)
 
     return hook
 
@@ -251,11 +273,73 @@ def _residual_writers(block: nn.Module) -> list[nn.Module]:
     return [w for w in writers if isinstance(w, nn.Module)]
 
 
+def ablation_sites(handle: ModelHandle) -> list[nn.Module]:
+    """Every module whose output ``ablate(..., "all")`` edits, in a fixed order: the embeddings,
+    then per block its residual writers and the block itself."""
+    sites: list[nn.Module] = [handle.model.get_input_embeddings()]
+    for block in handle.blocks:
+        sites.extend(_residual_writers(block))
+        sites.append(block)
+    return sites
+
+
+@dataclass(frozen=True)
+class AblationFrame:
+    """How :func:`ablate` edits a model whose residual stream has massive dimensions.
+
+    Why: Arditi's ``x - (x . r) r`` sets the stream's component along ``r`` to zero. Where a few
+    dimensions hold nearly all of the stream's norm at every token (Gemma-3-270M: one dimension
+    carries > 99 % of the squared norm from block 5 on), ``x . r`` is dominated by them, and
+    zeroing it adds a large token-independent vector at every site: any direction, random or
+    not, then breaks the model (perplexity 10^7-10^8). A frame calibrated on the model's own
+    prompts (:func:`steering_transfer.ablation.calibrate_ablation`) fixes the three parts of
+    that: ``outlier_dims`` are zeroed in every ablated direction (which is then renormalised),
+    the projection is centred on each site's mean (``x - ((x - mu) . r) r``, ``means`` in
+    :func:`ablation_sites` order) and positions holding a special token (``special_ids``: BOS,
+    chat markers) are left alone. A frame without outlier dims is Arditi's ablation unchanged.
+    """
+
+    outlier_dims: tuple[int, ...] = ()
+    means: tuple[torch.Tensor, ...] = ()
+    special_ids: tuple[int, ...] = ()
+    rule: str = ""
+
+    @property
+    def active(self) -> bool:
+        return bool(self.outlier_dims)
+
+    def orthogonalise(self, vector: torch.Tensor) -> torch.Tensor:
+        """``vector`` with the outlier dimensions zeroed (unchanged for an inactive frame)."""
+        if not self.active:
+            return vector
+        out = vector.clone()
+        out[..., list(self.outlier_dims)] = 0
+        return out
+
+    def removed_share(self, vector: torch.Tensor) -> float:
+        """The share of ``vector``'s squared norm that lies in the outlier dimensions."""
+        v = vector.double()
+        total = float((v * v).sum())
+        if not self.active or total == 0.0:
+            return 0.0
+        part = v[..., list(self.outlier_dims)]
+        return float((part * part).sum()) / total
+
+    def to_dict(self) -> dict[str, Any]:
+        """What a row records: the rule and what it found (the means stay out)."""
+        return {
+            "mode": "centred, outlier dims out, specials kept" if self.active else "arditi",
+            "outlier_dims": list(self.outlier_dims), "rule": self.rule,
+        }
+
+
 @contextmanager
 def ablate(
     handle: ModelHandle,
     direction: torch.Tensor,
     layers: int | Sequence[int] | Literal["all"] = "all",
+    *,
+    frame: AblationFrame | None = None,
 ) -> Iterator[None]:
     """Directional ablation: remove the component along ``direction`` from the residual stream.
 
@@ -265,31 +349,76 @@ def ablate(
     With ``layers="all"`` this follows Arditi et al.: the direction is projected out of the
     embeddings, of every sub-layer output written to the residual stream (attention and MLP,
     after Gemma's post-norms) and of every block output, so no block ever reads it. With explicit
-    layers only those blocks' outputs are edited.
+    layers only those blocks' outputs are edited. An active ``frame`` (:class:`AblationFrame`,
+    ``layers="all"`` only) adapts the ablation to a stream with massive dimensions.
     """
     vec = _prepare_vector(handle, direction, param="direction")
+    active = frame is not None and frame.active
+    if active:
+        assert frame is not None
+        if layers != "all":
+            raise SteeringTransferError(
+                f"layers={layers!r} with an active ablation frame; the frame's means are per "
+                "ablation site, so pass layers='all' (or frame=None)"
+            )
+        vec = frame.orthogonalise(vec)
     if vec.ndim == 1:
         norm = vec.norm()
         if float(norm) == 0.0:
             raise SteeringTransferError(
-                "direction has zero norm; it defines no direction to ablate"
+                "direction has zero norm (outside the frame's outlier dimensions, if one is "
+                "given); it defines no direction to ablate"
             )
         unit = vec / norm
     else:  # one direction per batch row; a zero row means "this row is not ablated"
         norms = vec.norm(dim=-1, keepdim=True)
         unit = torch.where(norms > 0, vec / norms.clamp_min(1e-30), torch.zeros_like(vec))
     regs: list[tuple[nn.Module, HookFn]] = []
+    if active:
+        assert frame is not None
+        sites = ablation_sites(handle)
+        if len(frame.means) != len(sites):
+            raise SteeringTransferError(
+                f"frame has {len(frame.means)} site means but {handle.model_id} has "
+                f"{len(sites)} ablation sites; calibrate the frame on this model"
+            )
+        special: dict[str, torch.Tensor | None] = {"mask": None}
+        ids = torch.tensor(frame.special_ids, dtype=torch.long)
+        u64 = unit.double()
+        for site, mean in zip(sites, frame.means, strict=True):
+            centre = (u64 @ mean.double().to(u64.device)).float()
+            regs.append((site, _ablate_hook(unit, centre, special)))
+        pre = handle.model.register_forward_pre_hook(_special_mask_hook(ids, special),
+                                                     with_kwargs=True)
+        try:
+            with _hooked(regs):
+                yield
+        finally:
+            pre.remove()
+        return
     if layers == "all":
-        regs.append((handle.model.get_input_embeddings(), _ablate_hook(unit)))
-        for block in handle.blocks:
-            regs.extend((writer, _ablate_hook(unit)) for writer in _residual_writers(block))
-            regs.append((block, _ablate_hook(unit)))
+        regs = [(site, _ablate_hook(unit)) for site in ablation_sites(handle)]
     else:
         regs.extend(
             (handle.block(layer), _ablate_hook(unit)) for layer in _resolve_layers(handle, layers)
         )
     with _hooked(regs):
         yield
+
+
+def _special_mask_hook(
+    ids: torch.Tensor, state: dict[str, torch.Tensor | None]
+) -> Callable[[nn.Module, tuple[Any, ...], dict[str, Any]], None]:
+    """Records which positions of the current forward chunk hold a special token."""
+
+    def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        input_ids = kwargs.get("input_ids", args[0] if args else None)
+        if isinstance(input_ids, torch.Tensor) and input_ids.ndim == 2:
+            state["mask"] = torch.isin(input_ids, ids.to(input_ids.device))
+        else:  # embeddings passed directly: no ids to read, every position is edited
+            state["mask"] = None
+
+    return hook
 
 
 # ------------------------------------------------------------------------------------ replacement

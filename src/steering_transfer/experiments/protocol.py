@@ -167,10 +167,12 @@ def run_ablations(
     *,
     max_new_tokens: int,
     batch_size: int,
+    frame: hooks.AblationFrame | None = None,
 ) -> dict[str, list[str]]:
     """Greedy completions of ``prompts`` with each condition's direction ablated at every layer
-    (Arditi's directional ablation, :func:`hooks.ablate`); a direction is projected out whatever
-    its norm or strength, ``vector=None`` (or strength 0) leaves the model untouched."""
+    (Arditi's directional ablation, :func:`hooks.ablate`, in the model's ``frame``); a direction
+    is projected out whatever its norm or strength, ``vector=None`` (or strength 0) leaves the
+    model untouched."""
 
     def factory(
         deltas: torch.Tensor,
@@ -182,7 +184,9 @@ def run_ablations(
         ) -> AbstractContextManager[object]:
             start = offset[0]
             offset[0] += len(batch)
-            return hooks.ablate(side.handle, deltas[start : start + len(batch)], "all")
+            return hooks.ablate(
+                side.handle, deltas[start : start + len(batch)], "all", frame=frame
+            )
 
         return per_batch
 

@@ -40,6 +40,7 @@ from typing import Any
 import torch
 
 from .. import hooks
+from ..ablation import calibrate_ablation
 from ..activations import extract_paired
 from ..errors import SteeringTransferError
 from ..fidelity import FidelityResult
@@ -230,6 +231,7 @@ class PreparedRefusalPair(PreparedCell):
     perplexity_unsteered: float
     perplexity_native: float
     perplexity_noise: list[float]
+    frame: hooks.AblationFrame  # how this target's directions are ablated (calibrated on train)
 
 
 def side_directions(
@@ -271,12 +273,15 @@ def coherence_texts(splits: refusal.RefusalSplits, n: int) -> list[tuple[str, st
     return [("", f"{p.text}\n{p.toy_answer}") for p in harmless[-n:]]
 
 
-def _perplexity(side: Side, encoded: list[Any], direction: torch.Tensor | None) -> float:
+def _perplexity(
+    side: Side, encoded: list[Any], direction: torch.Tensor | None,
+    frame: hooks.AblationFrame | None = None,
+) -> float:
     pad = side.handle.tokenizer.pad_token_id
     if direction is None:
         loss = mean_token_loss(side.handle.model, encoded, pad_token_id=pad)
     else:
-        with hooks.ablate(side.handle, direction, "all"):
+        with hooks.ablate(side.handle, direction, "all", frame=frame):
             loss = mean_token_loss(side.handle.model, encoded, pad_token_id=pad)
     return math.exp(loss)
 
@@ -292,11 +297,12 @@ def _ensemble(
 
 
 def _jailbreaks(
-    prep_target: Side, config: RefusalConfig, prompts: list[str], conditions: list[Condition]
+    prep_target: Side, config: RefusalConfig, prompts: list[str], conditions: list[Condition],
+    frame: hooks.AblationFrame | None = None,
 ) -> dict[str, list[str]]:
     return run_ablations(
         prep_target, prompts, conditions, max_new_tokens=config.max_new_tokens,
-        batch_size=config.condition_batch_size,
+        batch_size=config.condition_batch_size, frame=frame,
     )
 
 
@@ -354,6 +360,11 @@ def prepare_refusal_pair(
     harmful_dir = [p.text for p in splits.harmful("train")[: config.n_direction]]
     harmless_dir = [p.text for p in splits.harmless("train")[: config.n_direction]]
     native, _, _ = side_directions(target, harmful_dir, harmless_dir, t_layer, config.batch_size)
+    # the target's ablation frame, read on the direction's own train requests
+    frame = calibrate_ablation(
+        target.handle, [target.prompt(p) for p in harmful_dir + harmless_dir],
+        batch_size=config.batch_size, add_special_tokens=target.add_special_tokens,
+    )
     src_dir, src_harm, src_safe = side_directions(
         source, harmful_dir, harmless_dir, s_layer, config.batch_size
     )
@@ -388,6 +399,7 @@ def prepare_refusal_pair(
         target, config, harmful_prompts,
         [Condition("unsteered", None), Condition("native", native_vec),
          *_noise_conditions(noise, 1.0)],
+        frame,
     )
     ind_raw = _inductions(
         target, config, t_layer, harmless_prompts,
@@ -399,8 +411,8 @@ def prepare_refusal_pair(
         add_special_tokens=True,
     )
     ppl_unsteered = _perplexity(target, coherence, None)
-    ppl_native = _perplexity(target, coherence, native_vec)
-    ppl_noise = [_perplexity(target, coherence, noise[k]) for k in range(config.n_noise)]
+    ppl_native = _perplexity(target, coherence, native_vec, frame)
+    ppl_noise = [_perplexity(target, coherence, noise[k], frame) for k in range(config.n_noise)]
     seconds["native"] = time.perf_counter() - t1
     fid_examples = refusal.make_examples(
         splits.harmful("test")[: config.n_fidelity // 2],
@@ -420,6 +432,7 @@ def prepare_refusal_pair(
         induced_noise_native=_ensemble(ind_raw, ref_scorer, config.n_noise),
         perplexity_unsteered=ppl_unsteered, perplexity_native=ppl_native,
         perplexity_noise=ppl_noise, fidelity_texts=fidelity_texts, seconds=seconds,
+        frame=frame,
     )
 
 
@@ -452,7 +465,7 @@ def run_refusal_cell(
     if usable:
         val = _jailbreaks(
             target, config, prep.harmful_validation,
-            [Condition(k, v.vector) for k, v in usable.items()],
+            [Condition(k, v.vector) for k, v in usable.items()], prep.frame,
         )
         val_rates = {k: jb_scorer(val[k]).rate.rate for k in usable}
     # higher coherent validation jailbreak wins; ties (and zero vectors) -> the difference
@@ -461,7 +474,9 @@ def run_refusal_cell(
     )
     vector = readings[reading].vector
     steered = vector if float(vector.double().norm()) > 0 else None
-    jb = _jailbreaks(target, config, prep.harmful_prompts, [Condition("mapped", steered)])
+    jb = _jailbreaks(
+        target, config, prep.harmful_prompts, [Condition("mapped", steered)], prep.frame
+    )
     jb_mapped = jb_scorer(jb["mapped"])
     mapped_norm = float(vector.double().norm())
     ind = _inductions(
@@ -477,7 +492,7 @@ def run_refusal_cell(
         unsteered=prep.perplexity_unsteered,
         native=prep.perplexity_native,
         mapped=(
-            _perplexity(target, prep.coherence, vector) if steered is not None
+            _perplexity(target, prep.coherence, vector, prep.frame) if steered is not None
             else prep.perplexity_unsteered
         ),
         noise=list(prep.perplexity_noise),
@@ -511,6 +526,11 @@ def run_refusal_cell(
             "coherence_bound": prep.bound,
             "coherence_rule": "95th percentile of the target's own answers to harmless "
                               f"validation requests + {config.coherence_margin:g} nats/token",
+            "ablation": {
+                **prep.frame.to_dict(),
+                "native_share_removed": prep.frame.removed_share(prep.native.vector),
+                "mapped_share_removed": prep.frame.removed_share(vector),
+            },
         },
         perplexity=perplexity, fidelity=fidelity,
         native_norm=geometry.native_norm, mapped_norm=geometry.mapped_norm,

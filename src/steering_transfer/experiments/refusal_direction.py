@@ -28,6 +28,7 @@ import torch
 from tqdm.auto import tqdm
 
 from steering_transfer import hooks
+from steering_transfer.ablation import calibrate_ablation
 from steering_transfer.activations import iter_block_outputs
 from steering_transfer.errors import SteeringTransferError
 from steering_transfer.models import ModelHandle
@@ -260,7 +261,10 @@ def select_refusal_direction(
     ``layers`` restricts the candidates (default: every layer; those at or past
     ``max_layer_fraction`` are reported but dropped). ``min_induced_score`` is Arditi's 0.
     When every candidate is filtered out, :class:`NoRefusalDirection` lists each one's figures
-    (and carries them): the filters are not loosened behind the caller's back.
+    (and carries them): the filters are not loosened behind the caller's back. Candidates are
+    ablated in the model's calibrated frame (:func:`~steering_transfer.ablation.
+    calibrate_ablation` on the train prompts: Arditi's ablation unless the model has massive
+    residual dimensions), recorded in ``settings["ablation"]``.
     """
     if not 0.0 < max_layer_fraction <= 1.0:
         raise SteeringTransferError(
@@ -268,6 +272,8 @@ def select_refusal_direction(
         )
     kw: dict[str, Any] = {"batch_size": batch_size, "add_special_tokens": add_special_tokens}
     directions = candidate_directions(handle, harmful_train, harmless_train, **kw)
+    # how this model's directions are ablated, read on the same train prompts
+    frame = calibrate_ablation(handle, [*harmful_train, *harmless_train], **kw)
     cutoff = int(max_layer_fraction * handle.n_layers)
     chosen_layers = (
         sorted({handle.layer(int(layer), param="layers") for layer in layers})
@@ -290,7 +296,7 @@ def select_refusal_direction(
             continue
 
         def ablation(v: torch.Tensor = vec) -> AbstractContextManager[object]:
-            return hooks.ablate(handle, v, "all")
+            return hooks.ablate(handle, v, "all", frame=frame)
 
         def addition(v: torch.Tensor = vec, at: int = layer) -> AbstractContextManager[object]:
             return hooks.add(handle, at, v, 1.0, positions="all")
@@ -316,7 +322,8 @@ def select_refusal_direction(
     kept = [c for c in candidates if c.kept]
     settings = {"kl_max": kl_max, "min_induced_score": min_induced_score,
                 "max_layer_fraction": max_layer_fraction,
-                "starts": list(starts), "n_val": [len(harmful_val), len(harmless_val)]}
+                "starts": list(starts), "n_val": [len(harmful_val), len(harmless_val)],
+                "ablation": frame.to_dict()}
     if not kept:
         table = "; ".join(f"L{c.layer}: {c.reason}" for c in candidates)
         raise NoRefusalDirection(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 from steering_transfer.experiments.refusal import RefusalResult
 from steering_transfer.experiments.refusal_direction import (
@@ -167,6 +168,7 @@ def refusal_details(pair: PairSpec, result: RefusalResult) -> Record:
                 f"{noise['mapped_norm'].pooled.rate:.2f} · {noise['mapped_norm'].worst:.2f}"
             ),
             "raw induced mapped": f"{raw_ind['mapped'].rate:.2f}",
+            "ablation": ablation_label(result.validation.get("ablation")),
             "coherence bound": round(float(result.validation["coherence_bound"]), 3),
             "KL mapped / mean-abl": f"{fid.kl_mapped:.4g} / {fid.kl_mean_ablation:.4g}",
             "KL mapped / shuffled": (
@@ -188,6 +190,17 @@ def refusal_details(pair: PairSpec, result: RefusalResult) -> Record:
             "seconds": {k: round(v, 1) for k, v in sorted(result.seconds.items())},
         },
     )
+
+
+def ablation_label(record: dict[str, Any] | None) -> str:
+    """How the target's directions were ablated: Arditi's, or the calibrated frame (the outlier
+    dims left out of every direction and the share of native's squared norm that removed)."""
+    if not record or not record.get("outlier_dims"):
+        return "arditi"
+    dims = ",".join(str(d) for d in record["outlier_dims"])
+    share = record.get("native_share_removed")
+    removed = "" if share is None else f", native -{100 * float(share):.0f}%"
+    return f"centred, dims {dims} out{removed}"
 
 
 def _fmt(value: float, digits: int = 2) -> str:
@@ -217,6 +230,7 @@ def direction_record(
             f"{'none' if fallback is None else f'L{fallback.layer}'} ({rule})"
         ),
         "kl_max": str(choice.settings.get("kl_max")),
+        "ablation": ablation_label(choice.settings.get("ablation")),
         "n val": "/".join(str(n) for n in choice.settings.get("n_val", [])),
     }
     config = choice.to_dict() if isinstance(choice, DirectionChoice) else choice.to_dict(organism)
