@@ -26,8 +26,10 @@ MASSIVE = 5
 def massive(llama: ModelHandle) -> ModelHandle:
     """``llama`` with a large constant in one residual dimension at every token (as Gemma-3's)."""
     model = copy.deepcopy(llama.model)
+    embeddings = model.get_input_embeddings()
+    assert isinstance(embeddings, torch.nn.Embedding)
     with torch.no_grad():
-        model.get_input_embeddings().weight[:, MASSIVE] += 300.0
+        embeddings.weight[:, MASSIVE] += 300.0
     return wrap_model(model, llama.tokenizer, model_id="tiny-llama-massive")
 
 
@@ -104,23 +106,29 @@ def test_active_frame_per_row_directions_match_single(massive: ModelHandle) -> N
 def test_active_frame_errors(massive: ModelHandle, llama_wide: ModelHandle) -> None:
     frame = calibrate_ablation(massive, PROMPTS)
     direction = torch.randn(massive.hidden_size)
-    with pytest.raises(SteeringTransferError, match="layers='all'"):
-        with hooks.ablate(massive, direction, [1], frame=frame):
-            pass
+    with (
+        pytest.raises(SteeringTransferError, match="layers='all'"),
+        hooks.ablate(massive, direction, [1], frame=frame),
+    ):
+        pass
     only_massive = torch.zeros(massive.hidden_size)
     only_massive[list(frame.outlier_dims)] = 1.0
-    with pytest.raises(SteeringTransferError, match="outlier dimensions"):
-        with hooks.ablate(massive, only_massive, frame=frame):
-            pass
+    with (
+        pytest.raises(SteeringTransferError, match="outlier dimensions"),
+        hooks.ablate(massive, only_massive, frame=frame),
+    ):
+        pass
     other = calibrate_ablation(massive, PROMPTS)
     assert other.outlier_dims == frame.outlier_dims  # deterministic
     wide = torch.randn(llama_wide.hidden_size)
     shifted = hooks.AblationFrame(
         outlier_dims=(1,), means=frame.means, special_ids=frame.special_ids
     )
-    with pytest.raises(SteeringTransferError, match="calibrate the frame on this model"):
-        with hooks.ablate(llama_wide, wide, frame=shifted):
-            pass
+    with (
+        pytest.raises(SteeringTransferError, match="calibrate the frame on this model"),
+        hooks.ablate(llama_wide, wide, frame=shifted),
+    ):
+        pass
 
 
 def test_calibration_argument_errors(llama: ModelHandle) -> None:
