@@ -4,8 +4,8 @@ Layers, bottom up (a module's layer is its top-level name under ``steering_trans
 
 - ground: ``errors validate io config lazy`` -- import only ground; ``errors`` imports no
   third-party module at all (stdlib and ground only).
-- core: ``models packaged toy hooks positions generation activations alignment metrics
-  fidelity replacement lm_loss mappers vectors paired_generation`` -- import only ground and
+- core: ``models packaged toy hooks ablation positions generation activations alignment
+  metrics fidelity replacement lm_loss mappers vectors paired_generation`` -- import only ground and
   core.
 - tasks: ``tasks judges`` -- import only ground, core, tasks.
 - organisms: import only ground, core, tasks, organisms (never experiments, suite, cli).
@@ -48,7 +48,8 @@ PKG_DIR = SRC / ROOT
 LAYERS: dict[str, set[str]] = {
     "ground": {"errors", "validate", "io", "config", "lazy"},
     "core": {
-        "models", "packaged", "toy", "hooks", "positions", "generation", "activations",
+        "models", "packaged", "toy", "hooks", "ablation", "positions", "generation",
+        "activations",
         "alignment", "metrics", "fidelity", "replacement", "lm_loss", "mappers", "vectors",
         "paired_generation",
     },
