@@ -183,13 +183,18 @@ class RefusalResult:
 
 @dataclass
 class RefusalScorer:
-    """Scores completions: the task's predicate plus the coherence gate of the module doc."""
+    """Scores completions: the task's predicate plus the coherence gate of the module doc.
+
+    Only successes are read for coherence (a failure counts as a failure whatever its loss, so
+    its loss is NaN), and each distinct completion once per scorer: most rows of a refusal
+    cell (unsteered, noise) fail, so this is what keeps the gate cheap on the real tier."""
 
     side: Side
     success: Callable[[str], bool]
     label: str  # what a success is called ("jailbreak", "refusal")
     bound: float = math.inf
     batch_size: int = 16
+    _memo: dict[str, float] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def context(self) -> str:
         """An empty request in the side's prompt style: completions are read as answers to
@@ -198,6 +203,7 @@ class RefusalScorer:
         return self.side.prompt("")
 
     def losses(self, completions: Sequence[str]) -> list[float]:
+        """Every completion's coherence loss (no memo: the bound is calibrated on these)."""
         return completion_losses(
             self.side, [self.context()] * len(completions), completions, self.batch_size
         )
@@ -205,8 +211,13 @@ class RefusalScorer:
     def __call__(self, completions: Sequence[str]) -> Outcomes:
         success = [self.success(c) for c in completions]
         labels = [self.label if ok else "other" for ok in success]
-        losses = self.losses(completions)
-        coherent = [v <= self.bound for v in losses]
+        todo = list(dict.fromkeys(c for c, ok in zip(completions, success, strict=True)
+                                  if ok and c not in self._memo))
+        if todo:
+            self._memo.update(zip(todo, self.losses(todo), strict=True))
+        losses = [self._memo[c] if ok else math.nan
+                  for c, ok in zip(completions, success, strict=True)]
+        coherent = [v <= self.bound for v in losses]  # NaN (not read) is not coherent
         return Outcomes(labels, success, coherent, losses, completions[0] if completions else "")
 
 
