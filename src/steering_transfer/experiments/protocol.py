@@ -132,7 +132,9 @@ def _row_factory(
         if positions == "all":
             return hooks.add(side.handle, layer, rows, 1.0, positions="all")
         if positions == "last_prompt":  # left-padded prompts: the last column, first pass only
-            return hooks.add(side.handle, layer, rows, 1.0, positions=[-1])
+            last = torch.zeros(enc["attention_mask"].shape, dtype=torch.bool)
+            last[:, -1] = True
+            return hooks.add(side.handle, layer, rows, 1.0, positions=last)
         if positions == "prompt":  # every prompt token, none of the generated ones
             return hooks.add(side.handle, layer, rows, 1.0, positions=enc["attention_mask"].bool())
         mask = trigger_mask(prompts, trigger, enc["offset_mapping"], enc["attention_mask"])
@@ -157,7 +159,19 @@ def run_conditions(
     return _generate_conditions(
         side, prompts, conditions, max_new_tokens=max_new_tokens, batch_size=batch_size,
         factory=lambda deltas: _row_factory(side, layer, deltas, positions, trigger),
+        frozen=_frozen_chars(prompts, positions, trigger),
     )
+
+
+def _frozen_chars(prompts: Sequence[str], positions: str, trigger: str) -> list[int] | None:
+    """Per prompt, the leading characters a steering of ``positions`` leaves untouched (so
+    that :func:`generate` may run a prefix shared by every prompt once): everything before the
+    trigger, or all but the last token; None when every prompt token may be edited."""
+    if positions == "trigger":
+        return [p.find(trigger) if trigger in p else 0 for p in prompts]
+    if positions == "last_prompt":
+        return [len(p) for p in prompts]
+    return None
 
 
 def run_ablations(
@@ -207,6 +221,7 @@ def _generate_conditions(
         [torch.Tensor],
         Callable[[list[str], dict[str, torch.Tensor]], AbstractContextManager[object]],
     ],
+    frozen: list[int] | None = None,
 ) -> dict[str, list[str]]:
     """Every condition's block of rows in one generate call; ``factory(deltas)`` builds the
     per-batch intervention from the ``(rows, hidden)`` per-row vectors."""
@@ -231,6 +246,7 @@ def _generate_conditions(
         batch_size=batch_size,
         intervention=factory(deltas) if steered else None,
         add_special_tokens=side.add_special_tokens,
+        frozen_chars=None if frozen is None else frozen * len(conditions),
     )
     return {c.name: completions[i * n : (i + 1) * n] for i, c in enumerate(conditions)}
 
