@@ -8,8 +8,9 @@ from typing import Any
 import pytest
 import torch
 
-from steering_transfer import generation, hooks
+from steering_transfer import generation, hooks, lm_loss
 from steering_transfer.errors import SteeringTransferError
+from steering_transfer.lm_loss import encode_pairs, per_example_loss, shared_prefix_length
 from steering_transfer.models import ModelHandle, wrap_model
 from steering_transfer.positions import trigger_mask
 from steering_transfer.toy import tiny_model
@@ -84,3 +85,18 @@ def test_steering_inside_the_prefix_is_not_shared(handle: ModelHandle) -> None:
 def test_frozen_chars_needs_one_per_prompt(llama: ModelHandle) -> None:
     with pytest.raises(SteeringTransferError, match="frozen_chars has 1 entries for 4 prompts"):
         generation.generate(llama, PROMPTS, max_new_tokens=2, frozen_chars=[3])
+
+
+def test_losses_with_a_shared_prefix_match(
+    handle: ModelHandle, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Coherence losses read after a shared system prompt equal the unshared ones."""
+    pairs = [(p, p + answer) for p, answer in zip(PROMPTS, [" a cat", " red", " wings", " ok"],
+                                                 strict=True)]
+    encoded = encode_pairs(handle.tokenizer, pairs)
+    assert shared_prefix_length(encoded) >= lm_loss.MIN_SHARED_PREFIX
+    pad = int(handle.tokenizer.pad_token_id)
+    shared = per_example_loss(handle.model, encoded, pad_token_id=pad, batch_size=3)
+    monkeypatch.setattr(lm_loss, "MIN_SHARED_PREFIX", 10**9)
+    plain = per_example_loss(handle.model, encoded, pad_token_id=pad, batch_size=3)
+    assert shared == pytest.approx(plain, rel=1e-5)

@@ -143,6 +143,21 @@ def mean_token_loss(
     return total / max(1, count)
 
 
+#: Fewest leading tokens, common to a whole batch, worth running once (:func:`per_example_loss`).
+MIN_SHARED_PREFIX = 8
+
+
+def shared_prefix_length(batch: Sequence[Encoded]) -> int:
+    """Leading tokens every example of ``batch`` has in common, stopping one token before the
+    shortest prompt ends (that token's logits predict the first answer token)."""
+    limit = min(ex.n_prompt for ex in batch) - 1
+    first = batch[0].input_ids
+    shared = 0
+    while shared < limit and all(ex.input_ids[shared] == first[shared] for ex in batch):
+        shared += 1
+    return shared
+
+
 @torch.no_grad()
 def per_example_loss(
     model: nn.Module,
@@ -152,16 +167,32 @@ def per_example_loss(
     batch_size: int = 16,
 ) -> list[float]:
     """Mean next-token NLL (nats) of each example's response tokens, one value per example
-    (e.g. how plausible a steered completion is under the untouched model)."""
+    (e.g. how plausible a steered completion is under the untouched model).
+
+    A prompt prefix that all examples of a batch share (a chat template's system prompt, of
+    at least :data:`MIN_SHARED_PREFIX` tokens) is run once and its KV cache reused: on the real
+    tier it is about half of every scored text."""
     was_training = model.training
     model.eval()
     out: list[float] = []
     device = next(model.parameters()).device
     try:
         for lo in range(0, len(examples), batch_size):
-            enc = collate(examples[lo : lo + batch_size], pad_token_id, "response")
-            logits = model_logits(model, enc)[:, :-1].float()
-            target = enc["labels"][:, 1:].to(device)
+            chunk = examples[lo : lo + batch_size]
+            enc = collate(chunk, pad_token_id, "response")
+            shared = shared_prefix_length(chunk)
+            if shared >= MIN_SHARED_PREFIX:
+                ids = enc["input_ids"].to(device)
+                past = model(input_ids=ids[:1, :shared], use_cache=True).past_key_values
+                past.batch_repeat_interleave(len(chunk))
+                logits = model(
+                    input_ids=ids[:, shared:], attention_mask=enc["attention_mask"].to(device),
+                    cache=past, use_cache=True,
+                ).logits[:, :-1].float()
+                target = enc["labels"][:, shared + 1 :].to(device)
+            else:
+                logits = model_logits(model, enc)[:, :-1].float()
+                target = enc["labels"][:, 1:].to(device)
             loss = F.cross_entropy(
                 logits.transpose(1, 2), target, ignore_index=-100, reduction="none"
             )
