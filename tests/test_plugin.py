@@ -872,8 +872,16 @@ def test_source_commit_clean_dirty_unknown(
     assert source_commit(repo / "sub") == head  # a rootdir inside the checkout
     (repo / "new.txt").write_text("untracked\n")  # reports, caches: not a code change
     assert source_commit(repo) == head
+    (repo / "reports").mkdir()
+    (repo / "reports" / "r.md").write_text("old\n")
+    head = _commit_all(repo)
+    (repo / "reports" / "r.md").write_text("regenerated\n")  # a run's own outputs
+    assert source_commit(repo) == f"{head}+dirty"
+    assert source_commit(repo, outputs=repo / "reports") == head
+    assert source_commit(repo / "sub", outputs=repo / "reports") == head
     (repo / "a.py").write_text("x = 2\n")
     assert source_commit(repo) == f"{head}+dirty"
+    assert source_commit(repo / "sub", outputs=repo / "reports") == f"{head}+dirty"
     empty = tmp_path / "empty"
     empty.mkdir()
     _git(empty, "init", "-q")

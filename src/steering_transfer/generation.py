@@ -189,9 +189,10 @@ def _prefix_cache(handle: ModelHandle, prefix_ids: torch.Tensor) -> Any:
     """The KV cache of one run of the shared prefix through the untouched model."""
     with torch.no_grad():
         out = handle.model(  # type: ignore[operator]
-            input_ids=prefix_ids, attention_mask=torch.ones_like(prefix_ids), use_cache=True
+            input_ids=prefix_ids, attention_mask=torch.ones_like(prefix_ids), use_cache=True,
+            logits_to_keep=1,
         )
-    return out.past_key_values
+    return out.cache
 
 
 def _non_finite_error(handle: ModelHandle, start: int, size: int, intervened: bool) -> None:

@@ -183,7 +183,7 @@ def per_example_loss(
             shared = shared_prefix_length(chunk)
             if shared >= MIN_SHARED_PREFIX:
                 ids = enc["input_ids"].to(device)
-                past = model(input_ids=ids[:1, :shared], use_cache=True).past_key_values
+                past = model(input_ids=ids[:1, :shared], use_cache=True, logits_to_keep=1).cache
                 past.batch_repeat_interleave(len(chunk))
                 logits = model(
                     input_ids=ids[:, shared:], attention_mask=enc["attention_mask"].to(device),

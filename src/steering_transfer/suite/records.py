@@ -57,19 +57,23 @@ def _git(root: Path, *args: str) -> str | None:
     return done.stdout if done.returncode == 0 else None
 
 
-def source_commit(root: str | Path) -> str:
+def source_commit(root: str | Path, outputs: str | Path | None = None) -> str:
     """The git commit the code under ``root`` is at: ``git rev-parse HEAD``, suffixed ``+dirty``
     when tracked files differ from it (or that cannot be checked); :data:`UNKNOWN_COMMIT` when
     ``root`` is not in a git checkout or git is missing.
 
     Why: a results row must say what code measured it, and a row measured on uncommitted changes
     must not pass for the commit's own figures. Untracked files (new reports, caches) do not
-    count as dirty. Runs two git commands, no torch.
+    count as dirty, nor do changes under ``outputs`` (the reports folder the run writes: an
+    earlier run's regenerated reports are not a code change). Runs two git commands, no torch.
     """
     head = _git(Path(root), "rev-parse", "--verify", "HEAD")
     if not head or not head.strip():
         return UNKNOWN_COMMIT
-    status = _git(Path(root), "status", "--porcelain", "--untracked-files=no")
+    spec: list[str] = []
+    if outputs is not None:
+        spec = ["--", ":/", f":(exclude){Path(outputs).resolve()}"]
+    status = _git(Path(root), "status", "--porcelain", "--untracked-files=no", *spec)
     dirty = status is None or bool(status.strip())
     return head.strip() + ("+dirty" if dirty else "")
 

@@ -187,7 +187,8 @@ class RecordSession:
         self.summary: list[str] = []
         self.today = dt.date.today().isoformat()
         self.versions = package_versions()
-        self.commit = source_commit(config.rootpath)  # once per run: two git calls, no torch
+        # once per run: two git calls, no torch; the reports it rewrites are not code
+        self.commit = source_commit(config.rootpath, self.settings.reports_dir)
         self.paper = self._load_paper()
 
     def _load_paper(self) -> PaperFile | None:
