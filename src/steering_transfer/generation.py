@@ -13,6 +13,7 @@ from tqdm.auto import tqdm
 from transformers import LogitsProcessor, LogitsProcessorList
 
 from .errors import SteeringTransferError
+from .lm_loss import MIN_SHARED_PREFIX
 from .models import ModelHandle
 from .validate import check_count, check_has_tokens, check_texts
 
@@ -21,10 +22,9 @@ from .validate import check_count, check_has_tokens, check_texts
 # ``lambda prompts, enc: hooks.add(h, 3, v, 4.0, positions="all")``.
 InterventionFactory = Callable[[list[str], dict[str, torch.Tensor]], AbstractContextManager[object]]
 
-#: Fewest tokens worth running once for a whole batch (see ``frozen_chars`` of
-#: :func:`generate`): a shorter shared prefix is not split off, so such batches are generated
-#: exactly as without ``frozen_chars``.
-MIN_SHARED_PREFIX = 8
+# MIN_SHARED_PREFIX (lm_loss): fewest tokens worth running once for a whole batch (see
+# ``frozen_chars`` of :func:`generate`); a shorter shared prefix is not split off, so such
+# batches are generated exactly as without ``frozen_chars``.
 
 
 class NonFiniteLogitsWatch(LogitsProcessor):
