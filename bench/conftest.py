@@ -30,6 +30,7 @@ from steering_transfer.suite.matrix import (
     BACKDOOR_TASK_NAMES,
     PERF_TASK,
     PairSpec,
+    SwitchSpec,
     load_matrix,
     load_refusal_selection,
     load_switches,
@@ -145,6 +146,45 @@ def pytest_steering_transfer_cells(config: pytest.Config) -> list[Cell]:
         *(switch_cell(spec, _depth) for spec in load_switches(MATRIX)),
         *PERF_CELLS,
     ]
+
+
+def _switch_group(spec: SwitchSpec) -> str:
+    """One worker per switch: its mapper cells share the prepared part."""
+    return f"switch-{spec.finetuned}->{spec.base}"
+
+
+def _xdist_groups() -> dict[str, str]:
+    """Test id -> xdist group of every grouped test (the groups :func:`_marks` gives)."""
+    groups = {
+        pair.cell_id(mapper): pair.pair_id
+        for pair in load_matrix(MATRIX)
+        for mapper in pair_mappers(pair)
+    }
+    groups.update({spec.id: _switch_group(spec) for spec in load_switches(MATRIX)})
+    return groups
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """``--dist loadgroup`` whose groups come from the test ids, not from node-id suffixes.
+
+    Why: xdist groups by an ``@group`` suffix it writes into each item's node id, which pytest
+    9.2 no longer honours (pytest-xdist#1386: the tests are silently spread as with ``load``),
+    so every pair's cells ran on both workers and each prepared the pair. The ids and groups
+    here come from the same matrix as the parametrization; other tests are scheduled singly.
+    """
+    if config.getoption("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadGroupScheduling
+
+    groups = _xdist_groups()
+
+    class MatrixGroupScheduling(LoadGroupScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            test_id = nodeid[nodeid.find("[") + 1 : -1] if nodeid.endswith("]") else ""
+            return groups.get(test_id) or super()._split_scope(nodeid)
+
+    return MatrixGroupScheduling(config, log)
 
 
 def _marks(real: bool, *cells: Cell, group: str | None = None) -> list[Any]:
@@ -288,11 +328,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
             [
                 pytest.param(
                     spec, id=spec.id,
-                    # one worker per switch: its mapper cells share the prepared part
-                    marks=_marks(
-                        spec.real, switch_cell(spec, _depth),
-                        group=f"switch-{spec.finetuned}->{spec.base}",
-                    ),
+                    marks=_marks(spec.real, switch_cell(spec, _depth), group=_switch_group(spec)),
                 )
                 for spec in load_switches(MATRIX)
             ],
